@@ -1,0 +1,30 @@
+# Two set-up commands: `make demo` and `make test`. Both build .venv from scratch when needed.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+TORCH := torch==2.13.0
+
+.PHONY: demo test lint bench install clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e ".[dev,parquet]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/polytask demo
+
+lint: install
+	$(PY) -m ruff check polytask tests benchmarks examples
+
+test: install lint
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) benchmarks/step_cost.py --quick
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,64 @@
+"""polytask: multi-task learning on PyTorch.
+
+Declare tasks on a table, train one shared network jointly, predict all tasks at once, and
+compare honestly with single-task baselines::
+
+    import polytask as pt
+    config = pt.Config(data=pt.DataConfig(train="houses.csv"), tasks=[
+        pt.Task(name="price", kind="regression"),
+        pt.Task(name="sold", kind="binary", weight=0.5),
+    ])
+    run = pt.fit(config, out="runs/houses")
+    run.predict(frame)
+"""
+
+__version__ = "0.1.0"
+
+from .balancing import BALANCERS, Balancer, make_balancer, register_balancer
+from .compare import Comparison, compare
+from .config import Config, DataConfig, ModelConfig, TrainConfig, load_config, parse_config
+from .data import Preprocessor, TaskData, read_table, split_indices
+from .datasets import DATASETS, load_dataset
+from .errors import ConfigError, DataError, PolytaskError, RunError
+from .io import Run, load
+from .models import ARCHITECTURES, MLP, MultiTaskModel, build_model
+from .tasks import KINDS, Task
+from .train import Splits, Trainer, fit, load_splits
+
+__all__ = [
+    "ARCHITECTURES",
+    "BALANCERS",
+    "DATASETS",
+    "KINDS",
+    "MLP",
+    "Balancer",
+    "Comparison",
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "DataError",
+    "ModelConfig",
+    "MultiTaskModel",
+    "PolytaskError",
+    "Preprocessor",
+    "Run",
+    "RunError",
+    "Splits",
+    "Task",
+    "TaskData",
+    "TrainConfig",
+    "Trainer",
+    "__version__",
+    "build_model",
+    "compare",
+    "fit",
+    "load",
+    "load_config",
+    "load_dataset",
+    "load_splits",
+    "make_balancer",
+    "parse_config",
+    "read_table",
+    "register_balancer",
+    "split_indices",
+]

@@ -1,0 +1,82 @@
+"""The Balancer interface: the joint-optimization strategy of a multi-task step.
+
+A balancer receives the per-task losses of a mini-batch and leaves gradients in ``.grad`` of the
+model's parameters. Loss-weighting methods (the step is a weighted sum) and gradient-aggregation
+methods (per-task gradients combined into one update) share this interface and one registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+from torch import Tensor, nn
+
+from ..errors import ConfigError, one_of
+from ..tasks import Task
+
+
+class NoOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Balancer:
+    """Base class. Subclasses set ``name``, ``description``, ``Options`` and ``backward``."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    reference: ClassVar[str] = ""
+    Options: ClassVar[type[BaseModel]] = NoOptions
+
+    def __init__(self, tasks: Sequence[Task], options: BaseModel | None = None) -> None:
+        self.tasks = list(tasks)
+        self.options = options if options is not None else self.Options()
+
+    def parameters(self) -> list[nn.Parameter]:
+        """The balancer's own learnable parameters (optimized beside the model's)."""
+        return []
+
+    def backward(self, losses: Mapping[str, Tensor], *, model: nn.Module) -> dict[str, float]:
+        """Accumulate the step's gradients; return the task weights used (for logging)."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        return None
+
+
+BALANCERS: dict[str, type[Balancer]] = {}
+
+
+def register_balancer(cls: type[Balancer]) -> type[Balancer]:
+    """Class decorator: make a balancer available under ``cls.name`` in configs."""
+    BALANCERS[cls.name] = cls
+    return cls
+
+
+def validate_balancer_options(name: str, options: Mapping[str, Any]) -> BaseModel:
+    """The balancer's options model, or a ConfigError naming the option and the allowed ones."""
+    if name not in BALANCERS:
+        raise ConfigError(f"train.balancer: {name!r} is not a balancer ({one_of(BALANCERS)})")
+    cls = BALANCERS[name]
+    try:
+        return cls.Options(**options)
+    except ValidationError as exc:
+        allowed = one_of(cls.Options.model_fields) or "none"
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(
+            f"train.balancer_options.{field}: {err['msg']} (options of {name!r}: {allowed})"
+        ) from None
+
+
+def make_balancer(name: str, tasks: Sequence[Task], options: Mapping[str, Any] | None = None) -> Balancer:
+    """Instantiate a registered balancer by name."""
+    parsed = validate_balancer_options(name, options or {})
+    return BALANCERS[name](tasks, parsed)
+
+
+BalancerFactory = Callable[[Sequence[Task]], Balancer]

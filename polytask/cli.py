@@ -1,0 +1,269 @@
+"""The ``polytask`` command line: a thin layer over the library."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .errors import PolytaskError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Multi-task learning on PyTorch: fit, predict, evaluate and compare against STL.",
+)
+console = Console()
+errors = Console(stderr=True)
+
+QUIET = typer.Option(False, "--quiet", "-q", help="Print only the results, no progress.")
+
+
+def _epoch_progress(total: int, quiet: bool, label: str):
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=quiet,
+        transient=True,
+    )
+    bar = progress.add_task(label, total=total, info="")
+
+    def callback(record: dict[str, float]) -> None:
+        objective = record.get("val_objective", math.nan)
+        info = f"val loss {objective:.4f}" if not math.isnan(objective) else ""
+        progress.update(bar, completed=record["epoch"], info=info)
+
+    return progress, callback
+
+
+def _fmt(value: float, digits: int = 4) -> str:
+    return "nan" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def _scores_table(title: str, scores: dict[str, dict[str, float]], tasks: list[Any]) -> Table:
+    table = Table(title=title)
+    table.add_column("task")
+    table.add_column("role")
+    table.add_column("n", justify="right")
+    metric_names = list(dict.fromkeys(m for s in scores.values() for m in s if m != "n"))
+    for m in metric_names:
+        table.add_column(m, justify="right")
+    roles = {t.name: t.role for t in tasks}
+    for name, values in scores.items():
+        table.add_row(
+            name, roles.get(name, ""), str(values.get("n", "")), *(_fmt(values.get(m, math.nan)) for m in metric_names)
+        )
+    return table
+
+
+@app.command()
+def fit(
+    config: Path = typer.Argument(..., help="YAML config file."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run directory to write."),
+    resume: bool = typer.Option(False, help="Continue from the checkpoint in RUN_DIR."),
+    quiet: bool = QUIET,
+) -> None:
+    """Train the multi-task model of CONFIG and write a run directory."""
+    from .config import load_config
+    from .train import fit as fit_run
+
+    cfg = load_config(config)
+    progress, callback = _epoch_progress(cfg.train.epochs, quiet, "training")
+    with progress:
+        run = fit_run(cfg, out=out, callback=callback, resume=resume)
+    if not quiet:
+        console.print(
+            f"best epoch {run.metrics['best_epoch']} "
+            f"({'early stop' if run.metrics['stopped_early'] else 'budget used'}), "
+            f"{run.metrics['train_seconds']:.1f} s"
+        )
+    split = "test" if "test" in run.metrics else "validation"
+    if split in run.metrics:
+        console.print(_scores_table(f"{split} scores", run.metrics[split], run.tasks))
+    console.print(f"run written to {out}")
+
+
+@app.command()
+def predict(
+    run_dir: Path = typer.Argument(..., help="Run directory written by `fit`."),
+    data: Path = typer.Argument(..., help="CSV or Parquet file with the feature columns."),
+    out: Path = typer.Option(..., "--out", "-o", help="CSV file to write."),
+) -> None:
+    """Predict every main task for the rows of DATA (row order kept)."""
+    from .data import read_table
+    from .io import load
+
+    run = load(run_dir)
+    predictions = run.predict(read_table(data))
+    predictions.to_csv(out, index=False)
+    console.print(f"{len(predictions)} rows × {predictions.shape[1]} columns written to {out}")
+
+
+@app.command()
+def evaluate(
+    run_dir: Path = typer.Argument(..., help="Run directory written by `fit`."),
+    data: Path = typer.Argument(..., help="CSV or Parquet file with features and main-task labels."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Score a saved run on labelled data (each task over its labelled rows)."""
+    from .data import read_table
+    from .io import load
+
+    run = load(run_dir)
+    scores = run.evaluate(read_table(data))
+    if as_json:
+        print(json.dumps(scores, indent=2, default=lambda v: None))
+    else:
+        console.print(_scores_table(f"scores on {data.name}", scores, run.tasks))
+
+
+def _comparison_table(result: dict[str, Any]) -> Table:
+    n = len(result["seeds"])
+    table = Table(title=f"STL vs MTL on the test split, mean ± std over {n} seed(s)")
+    for col in ("task", "metric", "STL", "MTL", "change %", "p (paired t)", "verdict"):
+        table.add_column(col, justify="left" if col in ("task", "metric", "verdict") else "right")
+    for name, t in result["tasks"].items():
+        arrow = "↑" if t["higher_is_better"] else "↓"
+        table.add_row(
+            name,
+            f"{t['metric']} {arrow}",
+            f"{_fmt(t['stl']['mean'])} ± {_fmt(t['stl']['std'])}",
+            f"{_fmt(t['mtl']['mean'])} ± {_fmt(t['mtl']['std'])}",
+            f"{-t['relative_change_percent']:+.2f}" if not math.isnan(t["relative_change_percent"]) else "nan",
+            _fmt(t["p_value"], 3),
+            t["verdict"],
+        )
+    return table
+
+
+def _print_comparison(result: dict[str, Any]) -> None:
+    console.print(_comparison_table(result))
+    lo, hi = result["delta_m_ci95"]
+    ci = f", 95% CI [{lo:+.2f}, {hi:+.2f}]" if not math.isnan(lo) else ""
+    console.print(
+        f"Δm = {result['delta_m_percent']:+.2f}% ± {_fmt(result['delta_m_std'], 2)}{ci} "
+        "(mean relative change of the primary metric vs STL; negative = MTL better)"
+    )
+    console.print(
+        f"wall time: STL {result['seconds']['stl']:.1f} s, MTL {result['seconds']['mtl']:.1f} s "
+        f"(all seeds; 'change %' is signed so that positive = MTL better)"
+    )
+    console.print(f"[bold]{result['summary']}[/bold]")
+
+
+def _run_comparison(cfg: Any, seeds: int, out: Path | None, quiet: bool) -> dict[str, Any]:
+    from .compare import compare as compare_runs
+    from .io import write_json
+    from .report import plot_comparison
+
+    with console.status("comparing", spinner="dots") if not quiet else _Null() as status:
+        def note(message: str) -> None:
+            if status is not None:
+                status.update(message)
+
+        result = compare_runs(cfg, seeds=seeds, on_progress=note).to_json()
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "comparison.json", result)
+        (out / "config.yaml").write_text(cfg.to_yaml())
+        plot_comparison(result, out / "comparison.png")
+    _print_comparison(result)
+    if out is not None:
+        console.print(f"written: {out / 'comparison.json'}, {out / 'comparison.png'}")
+    return result
+
+
+class _Null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+@app.command()
+def compare(
+    config: Path = typer.Argument(..., help="YAML config file."),
+    seeds: int = typer.Option(3, min=1, help="Number of seeds (train.seed, train.seed+1, ...)."),
+    out: Path = typer.Option(None, "--out", "-o", help="Directory for comparison.json and the plot."),
+    quiet: bool = QUIET,
+) -> None:
+    """Train STL and MTL on the same splits for several seeds and compare them on the test split."""
+    from .config import load_config
+
+    _run_comparison(load_config(config), seeds, out, quiet)
+
+
+@app.command()
+def demo(
+    seeds: int = typer.Option(3, min=1, help="Number of seeds."),
+    out: Path = typer.Option(None, "--out", "-o", help="Directory for comparison.json and the plot."),
+    quiet: bool = QUIET,
+) -> None:
+    """STL vs MTL on the built-in Yeast data (14 binary tasks, real labels)."""
+    from .demo import demo_config
+
+    cfg = demo_config()
+    if not quiet:
+        console.print(
+            "Yeast: 2,417 genes, 103 features, 14 functional classes as 14 binary tasks "
+            "(fixed split 60/15/25). Training 1 shared model and 14 single-task models per seed."
+        )
+    _run_comparison(cfg, seeds, out, quiet)
+
+
+@app.command()
+def datasets() -> None:
+    """List the built-in data sets."""
+    from .datasets import DATASETS
+
+    table = Table(title="data sets (data: {dataset: NAME})")
+    for col in ("name", "what", "source", "licence"):
+        table.add_column(col)
+    for info in DATASETS.values():
+        table.add_row(info.name, info.summary, info.source, info.licence)
+    console.print(table)
+
+
+@app.command()
+def balancers() -> None:
+    """List the joint-optimization strategies (train.balancer)."""
+    from .balancing import BALANCERS
+
+    table = Table(title="balancers (train: {balancer: NAME, balancer_options: {...}})")
+    for col in ("name", "what", "options", "reference"):
+        table.add_column(col)
+    for cls in BALANCERS.values():
+        table.add_row(cls.name, cls.description, ", ".join(cls.Options.model_fields) or "-", cls.reference)
+    console.print(table)
+
+
+def main() -> None:
+    """Entry point: library errors become one red line and exit status 2, not a traceback."""
+    try:
+        app(standalone_mode=False)
+    except PolytaskError as exc:
+        errors.print(f"[bold red]error:[/bold red] {type(exc).__name__}: {exc}", highlight=False)
+        sys.exit(2)
+    except (typer.Exit, SystemExit) as exc:
+        sys.exit(getattr(exc, "exit_code", getattr(exc, "code", 0)))
+    except typer.Abort:
+        sys.exit(1)
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise

@@ -1,0 +1,210 @@
+"""The configuration schema (pydantic). Every CLI run is one of these; errors name the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from .errors import ConfigError, one_of
+from .tasks import Task, check_tasks
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Section):
+    """Where the data comes from and how it is split and encoded."""
+
+    dataset: str | None = None
+    train: Path | None = None
+    validation: Path | None = None
+    test: Path | None = None
+    features: list[str] | None = None
+    categorical: list[str] = Field(default_factory=list)
+    drop: list[str] = Field(default_factory=list)
+    impute: bool = False
+    validation_fraction: float = Field(default=0.15, ge=0.0, lt=1.0)
+    test_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
+    split_seed: int = 0
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataConfig:
+        if (self.dataset is None) == (self.train is None):
+            raise ValueError("give exactly one of data.dataset or data.train")
+        if self.dataset is not None:
+            from .datasets import DATASETS
+
+            if self.dataset not in DATASETS:
+                raise ValueError(f"dataset {self.dataset!r} is not known ({one_of(DATASETS)})")
+        return self
+
+
+class ModelConfig(_Section):
+    """Architecture and sizes of the shared network and the task heads."""
+
+    architecture: str = "hard_sharing"
+    shared: list[PositiveInt] = Field(default_factory=lambda: [64, 64])
+    head: list[PositiveInt] = Field(default_factory=list)
+    activation: str = "relu"
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    norm: Literal["none", "batch", "layer"] = "none"
+    embedding_dim: PositiveInt | None = None
+
+    @field_validator("architecture")
+    @classmethod
+    def _known_architecture(cls, name: str) -> str:
+        from .models import ARCHITECTURES
+
+        if name not in ARCHITECTURES:
+            raise ValueError(f"{name!r} is not an architecture ({one_of(ARCHITECTURES)})")
+        return name
+
+    @field_validator("activation")
+    @classmethod
+    def _known_activation(cls, name: str) -> str:
+        from .models.layers import ACTIVATIONS
+
+        if name not in ACTIVATIONS:
+            raise ValueError(f"{name!r} is not an activation ({one_of(ACTIVATIONS)})")
+        return name
+
+
+class TrainConfig(_Section):
+    """Optimization: balancer, optimizer, budget, early stopping, seed and device."""
+
+    balancer: str = "fixed"
+    balancer_options: dict[str, Any] = Field(default_factory=dict)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: PositiveFloat = 1e-3
+    momentum: float = Field(default=0.9, ge=0.0, lt=1.0)
+    weight_decay: float = Field(default=0.0, ge=0.0)
+    scheduler: Literal["none", "cosine", "step", "plateau"] = "none"
+    epochs: PositiveInt = 100
+    batch_size: PositiveInt = 128
+    patience: PositiveInt | None = 20
+    grad_clip: PositiveFloat | None = None
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = False
+
+    @model_validator(mode="after")
+    def _known_balancer(self) -> TrainConfig:
+        from .balancing import validate_balancer_options
+
+        try:
+            validate_balancer_options(self.balancer, self.balancer_options)
+        except ConfigError as exc:
+            raise ValueError(str(exc).removeprefix("train.")) from None
+        return self
+
+
+class Config(_Section):
+    """A whole experiment: data, tasks, model and training."""
+
+    data: DataConfig
+    tasks: list[Task] | None = None
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @model_validator(mode="after")
+    def _tasks_given(self) -> Config:
+        if self.tasks is None and self.data.dataset is None:
+            raise ValueError("tasks: a list of tasks is needed unless data.dataset is set")
+        if self.tasks is not None:
+            check_tasks(self.tasks)
+        return self
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _location(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("function-after", "function-before") or str(part).startswith("function-"):
+            continue
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def format_validation_error(exc: ValidationError, model: type[BaseModel] = Config) -> str:
+    """One line per problem: ``field.path: what is wrong``."""
+    lines = []
+    for err in exc.errors():
+        loc = _location(tuple(p for p in err["loc"] if p not in ("str", "list[str]")))
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            parent, _, key = loc.rpartition(".")
+            msg = f"unknown key {key!r}"
+            allowed = _allowed_keys(model, parent)
+            if allowed:
+                msg += f" (allowed: {one_of(allowed)})"
+        elif err["type"] not in ("value_error", "missing") and "input" in err:
+            msg = f"{err['input']!r}: {msg}"
+        lines.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(dict.fromkeys(lines))
+
+
+def _allowed_keys(model: type[BaseModel], path: str) -> list[str]:
+    current: Any = model
+    for part in [p for p in path.replace("[", ".[").split(".") if p]:
+        if part.startswith("["):
+            continue
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        annotation = field.annotation
+        args = getattr(annotation, "__args__", ())
+        candidates = [annotation, *args, *(a for arg in args for a in getattr(arg, "__args__", ()))]
+        current = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if current is None:
+            return []
+    return list(getattr(current, "model_fields", {}))
+
+
+def parse_config(data: Any, *, base_dir: Path | None = None) -> Config:
+    """Validate a mapping as a Config; relative data paths resolve against ``base_dir``."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"the config must be a mapping of sections, got {type(data).__name__}")
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+    except ConfigError:
+        raise
+    if base_dir is not None:
+        for key in ("train", "validation", "test"):
+            path = getattr(config.data, key)
+            if path is not None and not path.is_absolute():
+                setattr(config.data, key, (base_dir / path).resolve())
+    return config
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a YAML config file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from None
+    if data is None:
+        raise ConfigError(f"config file {str(path)!r} is empty")
+    return parse_config(data, base_dir=path.parent)

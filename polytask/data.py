@@ -1,0 +1,518 @@
+"""Tabular data for multi-task learning: validation, fitted preprocessing, label masks, batches.
+
+A missing target value is a *missing label*: it is masked out of that task's loss and metrics,
+never imputed. Features are checked once here; the model code trusts what it receives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from .errors import DataError
+from .tasks import Task, check_tasks
+
+UNKNOWN = "<unknown>"
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Read a CSV or Parquet file into a DataFrame, with errors that name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data file {str(path)!r} does not exist")
+    suffix = "".join(path.suffixes[-2:]).lower()
+    try:
+        if suffix.endswith((".parquet", ".pq")):
+            try:
+                return pd.read_parquet(path)
+            except ImportError as exc:
+                raise DataError(
+                    "reading Parquet needs pyarrow: pip install 'polytask[parquet]'"
+                ) from exc
+        return pd.read_csv(path)
+    except DataError:
+        raise
+    except pd.errors.EmptyDataError as exc:
+        raise DataError(f"data file {str(path)!r} is empty") from exc
+    except Exception as exc:  # pandas raises many types for unreadable files
+        raise DataError(f"cannot read data file {str(path)!r}: {exc}") from exc
+
+
+def _rows(index: Sequence[Any], limit: int = 5) -> str:
+    shown = ", ".join(str(i) for i in list(index)[:limit])
+    return shown + (", ..." if len(index) > limit else "")
+
+
+def _numeric(series: pd.Series, what: str) -> np.ndarray:
+    """A column as float64, or a DataError naming the first non-numeric value."""
+    if pd.api.types.is_bool_dtype(series):
+        return series.astype(float).to_numpy()
+    converted = pd.to_numeric(series, errors="coerce")
+    bad = converted.isna() & series.notna()
+    if bad.any():
+        row = bad.idxmax()
+        raise DataError(f"{what} is not numeric: value {series[row]!r} in row {row}")
+    values = converted.to_numpy(dtype=float)
+    if np.isinf(values).any():
+        raise DataError(f"{what} has infinite values in rows {_rows(np.where(np.isinf(values))[0])}")
+    return values
+
+
+def _label_key(value: Any) -> str:
+    """Canonical string for a class label, so 1, 1.0 and '1' read from CSV agree."""
+    if isinstance(value, (bool, np.bool_)):
+        return str(int(value))
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
+
+
+@dataclass
+class TargetSpec:
+    """Fitted encoding of one task's labels."""
+
+    classes: list[str] | None = None  # binary / multiclass labels, index = class code
+    mean: float = 0.0  # regression target standardization
+    std: float = 1.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"classes": self.classes, "mean": self.mean, "std": self.std}
+
+
+@dataclass
+class Preprocessor:
+    """Preprocessing fitted on training data and saved with the model.
+
+    Numeric features are standardized (with median imputation and a missing-indicator column
+    when ``impute`` is on); categorical features become integer codes (0 = unseen/unknown);
+    regression targets are standardized and un-standardized on output.
+    """
+
+    tasks: list[Task]
+    numeric: list[str]
+    categorical: list[str]
+    means: list[float]
+    stds: list[float]
+    medians: list[float]
+    indicators: list[str]
+    categories: dict[str, list[str]]
+    targets: dict[str, TargetSpec]
+    impute: bool = False
+
+    # ---- fitting -------------------------------------------------------------------------
+    @classmethod
+    def fit(
+        cls,
+        frame: pd.DataFrame,
+        tasks: Sequence[Task],
+        *,
+        features: Sequence[str] | None = None,
+        categorical: Sequence[str] = (),
+        impute: bool = False,
+    ) -> Preprocessor:
+        """Learn feature scaling, category codes and target encodings from ``frame``."""
+        tasks = check_tasks(tasks)
+        if len(frame) == 0:
+            raise DataError("data: the table has no rows")
+        target_columns = {c for t in tasks for c in t.columns}
+        for task in tasks:
+            for column in task.columns:
+                if column not in frame.columns:
+                    raise DataError(
+                        f"task {task.name!r}: target column {column!r} is not in the data "
+                        f"(columns: {_rows(list(frame.columns), 12)})"
+                    )
+        if features is None:
+            features = [c for c in frame.columns if c not in target_columns]
+        else:
+            features = list(features)
+            missing = [c for c in features if c not in frame.columns]
+            if missing:
+                raise DataError(f"data.features: columns {missing} are not in the data")
+            clash = [c for c in features if c in target_columns]
+            if clash:
+                raise DataError(f"data.features: {clash} are task targets and cannot be inputs")
+        for column in categorical:
+            if column not in features:
+                raise DataError(f"data.categorical: column {column!r} is not a feature column")
+        categorical = [
+            c
+            for c in features
+            if c in categorical
+            or not (pd.api.types.is_numeric_dtype(frame[c]) or pd.api.types.is_bool_dtype(frame[c]))
+        ]
+        numeric = [c for c in features if c not in categorical]
+        if not features:
+            raise DataError("data: no feature columns are left once the task targets are removed")
+
+        means, stds, medians, indicators = [], [], [], []
+        for column in numeric:
+            values = _numeric(frame[column], f"feature {column!r}")
+            nan = np.isnan(values)
+            if nan.any():
+                if not impute:
+                    raise DataError(
+                        f"feature {column!r} has {int(nan.sum())} missing values (rows "
+                        f"{_rows(frame.index[nan])}); set data.impute: true to fill them with "
+                        "the training median and add a missing-indicator feature"
+                    )
+                indicators.append(column)
+            if nan.all():
+                raise DataError(f"feature {column!r} has no values at all")
+            median = float(np.nanmedian(values))
+            filled = np.where(nan, median, values)
+            means.append(float(filled.mean()))
+            std = float(filled.std())
+            stds.append(std if std > 1e-12 else 1.0)
+            medians.append(median)
+        categories = {
+            c: sorted({_label_key(v) for v in frame[c].dropna().unique()}) for c in categorical
+        }
+
+        targets: dict[str, TargetSpec] = {}
+        for task in tasks:
+            targets[task.name] = _fit_target(task, frame)
+        return cls(
+            tasks=tasks,
+            numeric=numeric,
+            categorical=categorical,
+            means=means,
+            stds=stds,
+            medians=medians,
+            indicators=indicators,
+            categories=categories,
+            targets=targets,
+            impute=impute,
+        )
+
+    # ---- transforming --------------------------------------------------------------------
+    @property
+    def features(self) -> list[str]:
+        return self.numeric + self.categorical
+
+    @property
+    def n_numeric(self) -> int:
+        """Width of the numeric input, missing-indicators included."""
+        return len(self.numeric) + len(self.indicators)
+
+    @property
+    def cardinalities(self) -> list[int]:
+        """Number of codes per categorical feature (code 0 is unknown)."""
+        return [len(self.categories[c]) + 1 for c in self.categorical]
+
+    def transform_features(self, frame: pd.DataFrame) -> tuple[Tensor, Tensor]:
+        """Numeric matrix (standardized) and categorical codes for ``frame``."""
+        missing = [c for c in self.features if c not in frame.columns]
+        if missing:
+            raise DataError(f"data: feature columns {missing} are missing from the input")
+        n = len(frame)
+        x_num = np.empty((n, self.n_numeric), dtype=np.float32)
+        for j, column in enumerate(self.numeric):
+            values = _numeric(frame[column], f"feature {column!r}")
+            nan = np.isnan(values)
+            if nan.any() and not self.impute:
+                raise DataError(
+                    f"feature {column!r} has {int(nan.sum())} missing values (rows "
+                    f"{_rows(frame.index[nan])}); the model was trained without data.impute"
+                )
+            values = np.where(nan, self.medians[j], values)
+            x_num[:, j] = (values - self.means[j]) / self.stds[j]
+        for k, column in enumerate(self.indicators):
+            x_num[:, len(self.numeric) + k] = frame[column].isna().to_numpy(dtype=np.float32)
+        x_cat = np.zeros((n, len(self.categorical)), dtype=np.int64)
+        for j, column in enumerate(self.categorical):
+            lookup = {v: i + 1 for i, v in enumerate(self.categories[column])}
+            x_cat[:, j] = [
+                0 if pd.isna(v) else lookup.get(_label_key(v), 0) for v in frame[column]
+            ]
+        return torch.from_numpy(x_num), torch.from_numpy(x_cat)
+
+    def transform_target(self, task: Task, frame: pd.DataFrame) -> tuple[Tensor, Tensor]:
+        """Encoded labels and the label mask (True = labelled) for one task."""
+        spec = self.targets[task.name]
+        if task.kind == "multilabel":
+            columns = [
+                _encode_binary_column(frame[c], f"task {task.name!r}: column {c!r}")
+                for c in task.columns
+            ]
+            values = np.stack(columns, axis=1)
+            mask = ~np.isnan(values)
+            return (
+                torch.from_numpy(np.where(mask, values, 0.0).astype(np.float32)),
+                torch.from_numpy(mask),
+            )
+        series = frame[task.columns[0]]
+        what = f"task {task.name!r}: target column {task.columns[0]!r}"
+        if task.kind in ("binary", "multiclass"):
+            mask = series.notna().to_numpy()
+            lookup = {c: i for i, c in enumerate(spec.classes or [])}
+            codes = np.zeros(len(series), dtype=np.int64)
+            for i, (value, labelled) in enumerate(zip(series, mask, strict=True)):
+                if not labelled:
+                    continue
+                key = _label_key(value)
+                if key not in lookup:
+                    raise DataError(
+                        f"{what}: label {value!r} in row {series.index[i]} is not one of the "
+                        f"classes ({', '.join(spec.classes or [])})"
+                    )
+                codes[i] = lookup[key]
+            target = torch.from_numpy(codes)
+            if task.kind == "binary":
+                target = target.float()
+            return target, torch.from_numpy(mask.copy())
+        values = _numeric(series, what)
+        mask = ~np.isnan(values)
+        if task.kind == "count" and (values[mask] < 0).any():
+            row = series.index[np.where(mask & (np.nan_to_num(values) < 0))[0][0]]
+            raise DataError(f"{what}: counts must be non-negative, got {series[row]!r} in row {row}")
+        scaled = (np.where(mask, values, spec.mean) - spec.mean) / spec.std
+        return torch.from_numpy(scaled.astype(np.float32)), torch.from_numpy(mask)
+
+    def decode(self, task: Task, output: Tensor) -> np.ndarray:
+        """Head output → prediction in the data's terms: value (regression, count), P(class 1)
+        (binary), class probabilities (multiclass) or label probabilities (multilabel)."""
+        out = output.detach().float().cpu()
+        if task.kind == "regression":
+            spec = self.targets[task.name]
+            return (out[:, 0] * spec.std + spec.mean).numpy()
+        if task.kind == "binary":
+            return torch.sigmoid(out[:, 0]).numpy()
+        if task.kind == "multiclass":
+            return torch.softmax(out, dim=1).numpy()
+        if task.kind == "multilabel":
+            return torch.sigmoid(out).numpy()
+        return torch.exp(out[:, 0]).numpy()
+
+    def decode_target(self, task: Task, target: Tensor, mask: Tensor) -> np.ndarray:
+        """Encoded labels back in the data's terms (class codes for classifiers); a multilabel
+        task keeps every row with NaN in its unlabelled cells, other kinds keep labelled rows."""
+        target, mask = target.cpu(), mask.cpu()
+        if task.kind == "multilabel":
+            return torch.where(mask, target, torch.nan).numpy()
+        values = target[mask].numpy()
+        if task.kind == "regression":
+            spec = self.targets[task.name]
+            return values * spec.std + spec.mean
+        return values
+
+    def output_dims(self) -> dict[str, int]:
+        """Width of each task's head output."""
+        dims = {}
+        for task in self.tasks:
+            if task.kind == "multiclass":
+                dims[task.name] = len(self.targets[task.name].classes or [])
+            elif task.kind == "multilabel":
+                dims[task.name] = len(task.columns)
+            else:
+                dims[task.name] = 1
+        return dims
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "tasks": [t.model_dump() for t in self.tasks],
+            "numeric": self.numeric,
+            "categorical": self.categorical,
+            "means": self.means,
+            "stds": self.stds,
+            "medians": self.medians,
+            "indicators": self.indicators,
+            "categories": self.categories,
+            "targets": {k: v.to_json() for k, v in self.targets.items()},
+            "impute": self.impute,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Preprocessor:
+        return cls(
+            tasks=[Task(**t) for t in data["tasks"]],
+            numeric=list(data["numeric"]),
+            categorical=list(data["categorical"]),
+            means=list(data["means"]),
+            stds=list(data["stds"]),
+            medians=list(data["medians"]),
+            indicators=list(data["indicators"]),
+            categories={k: list(v) for k, v in data["categories"].items()},
+            targets={k: TargetSpec(**v) for k, v in data["targets"].items()},
+            impute=bool(data["impute"]),
+        )
+
+
+def _encode_binary_column(series: pd.Series, what: str) -> np.ndarray:
+    """0/1 labels as float with NaN for missing; anything else is an error."""
+    if pd.api.types.is_bool_dtype(series):
+        return series.astype(float).to_numpy()
+    values = _numeric(series, what)
+    labelled = values[~np.isnan(values)]
+    bad = labelled[(labelled != 0) & (labelled != 1)]
+    if bad.size:
+        raise DataError(f"{what}: labels must be 0 or 1, got {bad[0]!r}")
+    return values
+
+
+def _fit_target(task: Task, frame: pd.DataFrame) -> TargetSpec:
+    what = f"task {task.name!r}: target column {task.columns[0]!r}"
+    if task.kind == "multilabel":
+        for column in task.columns:
+            _encode_binary_column(frame[column], f"task {task.name!r}: column {column!r}")
+        return TargetSpec()
+    series = frame[task.columns[0]]
+    labelled = series.dropna()
+    if labelled.empty:
+        raise DataError(f"{what} has no labelled rows")
+    if task.kind in ("binary", "multiclass"):
+        seen = sorted({_label_key(v) for v in labelled.unique()}, key=_class_order)
+        if task.classes is not None:
+            classes = [_label_key(c) for c in task.classes]
+            unknown = [c for c in seen if c not in classes]
+            if unknown:
+                raise DataError(
+                    f"{what}: labels {unknown} are not among the declared classes "
+                    f"({', '.join(classes)})"
+                )
+        elif task.kind == "binary":
+            if len(seen) > 2:
+                raise DataError(
+                    f"{what} has {len(seen)} distinct labels ({', '.join(seen[:6])}); a binary "
+                    "task takes two (use kind: multiclass for more)"
+                )
+            classes = ["0", "1"] if set(seen) <= {"0", "1"} else seen
+            if len(classes) < 2:
+                raise DataError(f"{what} has a single label {seen[0]!r}; a binary task needs two")
+        else:
+            classes = seen
+        return TargetSpec(classes=classes)
+    values = _numeric(series, what)
+    labelled_values = values[~np.isnan(values)]
+    if task.kind == "count":
+        if (labelled_values < 0).any():
+            raise DataError(f"{what}: counts must be non-negative")
+        return TargetSpec()
+    std = float(labelled_values.std())
+    return TargetSpec(mean=float(labelled_values.mean()), std=std if std > 1e-12 else 1.0)
+
+
+def _class_order(key: str) -> tuple[int, float | str]:
+    try:
+        return (0, float(key))
+    except ValueError:
+        return (1, key)
+
+
+@dataclass
+class Batch:
+    """A mini-batch: inputs plus per-task targets and label masks, keyed by task name."""
+
+    x_num: Tensor
+    x_cat: Tensor
+    targets: dict[str, Tensor]
+    masks: dict[str, Tensor]
+
+    def __len__(self) -> int:
+        return self.x_num.shape[0]
+
+
+@dataclass
+class TaskData:
+    """Encoded features with per-task targets and label masks (True = labelled)."""
+
+    x_num: Tensor
+    x_cat: Tensor
+    targets: dict[str, Tensor] = field(default_factory=dict)
+    masks: dict[str, Tensor] = field(default_factory=dict)
+
+    @classmethod
+    def from_frame(
+        cls,
+        frame: pd.DataFrame,
+        preprocessor: Preprocessor,
+        *,
+        tasks: Sequence[Task] | None = None,
+    ) -> TaskData:
+        """Encode ``frame`` with a fitted preprocessor; ``tasks`` picks the targets to encode."""
+        if len(frame) == 0:
+            raise DataError("data: the table has no rows")
+        tasks = preprocessor.tasks if tasks is None else list(tasks)
+        for task in tasks:
+            for column in task.columns:
+                if column not in frame.columns:
+                    raise DataError(
+                        f"task {task.name!r}: target column {column!r} is not in the data"
+                    )
+        x_num, x_cat = preprocessor.transform_features(frame)
+        targets, masks = {}, {}
+        for task in tasks:
+            targets[task.name], masks[task.name] = preprocessor.transform_target(task, frame)
+        return cls(x_num=x_num, x_cat=x_cat, targets=targets, masks=masks)
+
+    def __len__(self) -> int:
+        return self.x_num.shape[0]
+
+    def subset(self, index: Tensor | np.ndarray | Sequence[int]) -> TaskData:
+        index = torch.as_tensor(np.asarray(index), dtype=torch.long)
+        return TaskData(
+            x_num=self.x_num[index],
+            x_cat=self.x_cat[index],
+            targets={k: v[index] for k, v in self.targets.items()},
+            masks={k: v[index] for k, v in self.masks.items()},
+        )
+
+    def to(self, device: torch.device | str) -> TaskData:
+        return TaskData(
+            x_num=self.x_num.to(device),
+            x_cat=self.x_cat.to(device),
+            targets={k: v.to(device) for k, v in self.targets.items()},
+            masks={k: v.to(device) for k, v in self.masks.items()},
+        )
+
+    def batch(self, index: Tensor) -> Batch:
+        return Batch(
+            x_num=self.x_num[index],
+            x_cat=self.x_cat[index],
+            targets={k: v[index] for k, v in self.targets.items()},
+            masks={k: v[index] for k, v in self.masks.items()},
+        )
+
+    def batches(
+        self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None
+    ) -> Iterator[Batch]:
+        """Mini-batches in order, or in a seeded random order when ``shuffle`` is on."""
+        n = len(self)
+        device = self.x_num.device
+        if shuffle:
+            order = torch.randperm(n, generator=generator).to(device)
+        else:
+            order = torch.arange(n, device=device)
+        for start in range(0, n, batch_size):
+            yield self.batch(order[start : start + batch_size])
+
+    def label_counts(self) -> dict[str, int]:
+        return {k: int(v.sum()) for k, v in self.masks.items()}
+
+
+def split_indices(
+    n: int, *, seed: int, validation: float, test: float = 0.0
+) -> dict[str, np.ndarray]:
+    """A seeded random split of ``range(n)`` into train / validation / test index arrays."""
+    if not 0 <= validation < 1 or not 0 <= test < 1 or validation + test >= 1:
+        raise DataError(
+            f"split fractions validation={validation}, test={test} must be in [0, 1) "
+            "and leave rows for training"
+        )
+    order = np.random.default_rng(seed).permutation(n)
+    n_test = int(round(test * n))
+    n_val = int(round(validation * n))
+    return {
+        "test": np.sort(order[:n_test]),
+        "validation": np.sort(order[n_test : n_test + n_val]),
+        "train": np.sort(order[n_test + n_val :]),
+    }

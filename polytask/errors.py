@@ -1,0 +1,24 @@
+"""The errors polytask raises at its boundaries: each names the field, the value and what is allowed."""
+
+from __future__ import annotations
+
+
+class PolytaskError(Exception):
+    """Base class of every error polytask raises on purpose."""
+
+
+class ConfigError(PolytaskError, ValueError):
+    """A configuration value is missing, unknown or out of range."""
+
+
+class DataError(PolytaskError, ValueError):
+    """Input data does not fit the declared tasks (missing column, bad label, NaN feature...)."""
+
+
+class RunError(PolytaskError):
+    """A run directory or checkpoint is missing, incomplete or corrupt."""
+
+
+def one_of(values) -> str:
+    """Format a collection of allowed values for an error message."""
+    return ", ".join(str(v) for v in values)

@@ -1,0 +1,341 @@
+"""Run directories and checkpoints. Weights live in safetensors, everything else in JSON/YAML/CSV;
+loading never unpickles, so opening a run never executes code from it.
+
+A run directory holds ``config.yaml``, ``model.safetensors``, ``model.json`` (architecture),
+``preprocess.json``, ``tasks.json``, ``metrics.json``, ``history.csv`` and ``plots/``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .config import Config, ModelConfig, parse_config
+from .data import Preprocessor, TaskData
+from .errors import PolytaskError, RunError
+from .evaluate import task_scores
+from .models import MultiTaskModel, build_model
+from .tasks import Task
+
+FORMAT_VERSION = 1
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically (NaN written as null)."""
+    _atomic_write(path, json.dumps(_finite(data), indent=2))
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, (np.floating, np.integer)):
+        return _finite(value.item())
+    return value
+
+
+def _read_json(path: Path) -> Any:
+    if not path.is_file():
+        raise RunError(f"run file {str(path)!r} is missing")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise RunError(f"run file {str(path)!r} is corrupt: {exc}") from None
+
+
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise RunError(f"weights file {str(path)!r} is missing")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise RunError(f"weights file {str(path)!r} is corrupt or not safetensors: {exc}") from None
+
+
+def _load_weights(model: nn.Module, tensors: Mapping[str, torch.Tensor], path: Path) -> None:
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise RunError(f"weights in {str(path)!r} do not fit the model: {first}") from None
+
+
+@dataclass
+class Run:
+    """A fitted multi-task model with its preprocessing, config, history and scores."""
+
+    config: Config
+    model: MultiTaskModel
+    preprocessor: Preprocessor
+    history: pd.DataFrame | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    directory: Path | None = None
+    custom_trunk: bool = False
+
+    @property
+    def tasks(self) -> list[Task]:
+        return self.preprocessor.tasks
+
+    @property
+    def main_tasks(self) -> list[Task]:
+        return [t for t in self.tasks if t.is_main]
+
+    # ---- inference ----------------------------------------------------------------------
+    @torch.no_grad()
+    def _outputs(self, data: TaskData, chunk: int = 8192) -> dict[str, torch.Tensor]:
+        self.model.eval()
+        device = next(self.model.parameters()).device
+        parts: list[torch.Tensor] = []
+        for start in range(0, len(data), chunk):
+            stop = min(start + chunk, len(data))
+            parts.append(
+                self.model.forward_packed(data.x_num[start:stop].to(device), data.x_cat[start:stop].to(device)).cpu()
+            )
+        return self.model.heads.unpack(torch.cat(parts))
+
+    def predict_arrays(self, frame: pd.DataFrame, *, include_auxiliary: bool = False) -> dict[str, np.ndarray]:
+        """Decoded predictions per task (main tasks only unless ``include_auxiliary``)."""
+        data = TaskData.from_frame(frame, self.preprocessor, tasks=[])
+        outputs = self._outputs(data)
+        tasks = self.tasks if include_auxiliary else self.main_tasks
+        return {t.name: self.preprocessor.decode(t, outputs[t.name]) for t in tasks}
+
+    def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """One column per main task (``TASK:CLASS`` probabilities for classifiers), rows kept.
+
+        Only the feature columns are needed; target and auxiliary columns are ignored.
+        """
+        arrays = self.predict_arrays(frame)
+        columns: dict[str, np.ndarray] = {}
+        for task in self.main_tasks:
+            values = arrays[task.name]
+            if task.kind == "binary":
+                classes = self.preprocessor.targets[task.name].classes or ["0", "1"]
+                columns[f"{task.name}:{classes[0]}"] = 1.0 - values
+                columns[f"{task.name}:{classes[1]}"] = values
+            elif task.kind == "multiclass":
+                for j, cls in enumerate(self.preprocessor.targets[task.name].classes or []):
+                    columns[f"{task.name}:{cls}"] = values[:, j]
+            elif task.kind == "multilabel":
+                for j, column in enumerate(task.columns):
+                    columns[f"{task.name}:{column}"] = values[:, j]
+            else:
+                columns[task.name] = values
+        return pd.DataFrame(columns, index=frame.index)
+
+    def score(self, data: TaskData, *, include_auxiliary: bool = True) -> dict[str, dict[str, float]]:
+        """Metrics per task on encoded data, over each task's labelled rows."""
+        outputs = self._outputs(data)
+        scores = {}
+        for task in self.tasks:
+            if task.name not in data.targets or (not include_auxiliary and not task.is_main):
+                continue
+            mask = data.masks[task.name]
+            truth = self.preprocessor.decode_target(task, data.targets[task.name], mask)
+            pred = self.preprocessor.decode(task, outputs[task.name])
+            if task.kind != "multilabel":
+                pred = pred[mask.cpu().numpy()]
+            scores[task.name] = task_scores(task, truth, pred)
+        return scores
+
+    def evaluate(self, frame: pd.DataFrame) -> dict[str, dict[str, float]]:
+        """Metrics per task on a labelled table. Main-task target columns are required;
+        auxiliary tasks are scored too when their columns are present."""
+        present = [t for t in self.tasks if t.is_main or all(c in frame.columns for c in t.columns)]
+        data = TaskData.from_frame(frame, self.preprocessor, tasks=present)
+        return self.score(data)
+
+    # ---- persistence --------------------------------------------------------------------
+    def save(self, directory: str | Path) -> Path:
+        """Write the run directory (files are replaced atomically)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        _atomic_save_tensors(self.model.state_dict(), directory / "model.safetensors")
+        write_json(
+            directory / "model.json",
+            {
+                "format": FORMAT_VERSION,
+                "spec": self.config.model.model_dump(mode="json"),
+                "n_numeric": self.preprocessor.n_numeric,
+                "cardinalities": self.preprocessor.cardinalities,
+                "out_dims": self.preprocessor.output_dims(),
+                "custom_trunk": self.custom_trunk,
+                "versions": versions(),
+            },
+        )
+        write_json(directory / "preprocess.json", self.preprocessor.to_json())
+        write_json(directory / "tasks.json", [t.model_dump() for t in self.tasks])
+        _atomic_write(directory / "config.yaml", self.config.to_yaml())
+        write_json(directory / "metrics.json", self.metrics)
+        if self.history is not None and len(self.history):
+            self.history.to_csv(directory / "history.csv", index=False)
+            from .report import plot_learning_curves
+
+            plot_learning_curves(self.history, self.tasks, directory / "plots")
+        self.directory = directory
+        return directory
+
+
+def versions() -> dict[str, str]:
+    from . import __version__
+
+    return {
+        "polytask": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "pandas": pd.__version__,
+    }
+
+
+def load(directory: str | Path, *, trunk: nn.Module | None = None) -> Run:
+    """Restore a saved run. ``trunk`` is required when the run was trained with a custom trunk
+    (its code cannot live in the run directory); pass a freshly constructed instance."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise RunError(f"run directory {str(directory)!r} does not exist")
+    meta = _read_json(directory / "model.json")
+    if meta.get("custom_trunk") and trunk is None:
+        raise RunError(
+            f"run {str(directory)!r} was trained with a custom trunk: pass the same module "
+            "class, newly constructed, as load(..., trunk=...)"
+        )
+    try:
+        config = parse_config(_read_yaml(directory / "config.yaml"))
+        preprocessor = Preprocessor.from_json(_read_json(directory / "preprocess.json"))
+        spec = ModelConfig.model_validate(meta["spec"])
+    except (KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, PolytaskError):
+            raise RunError(f"run {str(directory)!r} has an invalid description: {exc}") from None
+        raise RunError(f"run {str(directory)!r} has an invalid description: {exc!r}") from None
+    model = build_model(
+        spec,
+        n_numeric=meta["n_numeric"],
+        cardinalities=meta["cardinalities"],
+        out_dims=meta["out_dims"],
+        trunk=trunk,
+    )
+    path = directory / "model.safetensors"
+    _load_weights(model, _load_tensors(path), path)
+    model.eval()
+    history = pd.read_csv(directory / "history.csv") if (directory / "history.csv").is_file() else None
+    metrics = _read_json(directory / "metrics.json") if (directory / "metrics.json").is_file() else {}
+    return Run(
+        config=config,
+        model=model,
+        preprocessor=preprocessor,
+        history=history,
+        metrics=metrics,
+        directory=directory,
+        custom_trunk=bool(meta.get("custom_trunk")),
+    )
+
+
+def _read_yaml(path: Path) -> Any:
+    import yaml
+
+    if not path.is_file():
+        raise RunError(f"run file {str(path)!r} is missing")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise RunError(f"run file {str(path)!r} is corrupt: {exc}") from None
+
+
+# ---- checkpoints (resume) -----------------------------------------------------------------
+def _flatten_optimizer(state: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors: dict[str, torch.Tensor] = {}
+    plain: dict[str, Any] = {"param_groups": state["param_groups"], "state": {}}
+    for pid, entries in state["state"].items():
+        plain["state"][str(pid)] = {}
+        for key, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{pid}.{key}"] = value
+            else:
+                plain["state"][str(pid)][key] = value
+    return tensors, plain
+
+
+def _unflatten_optimizer(tensors: Mapping[str, torch.Tensor], plain: Mapping[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {int(pid): dict(v) for pid, v in plain["state"].items()}
+    for key, value in tensors.items():
+        pid, _, name = key.partition(".")
+        state.setdefault(int(pid), {})[name] = value
+    return {"state": state, "param_groups": plain["param_groups"]}
+
+
+def save_checkpoint(
+    directory: Path,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    balancer: Any,
+    state: dict[str, Any],
+    best_model: Mapping[str, torch.Tensor],
+    generator: torch.Tensor,
+) -> None:
+    """Everything needed to resume training, written file by file with atomic replaces."""
+    directory.mkdir(parents=True, exist_ok=True)
+    _atomic_save_tensors(dict(model.state_dict()), directory / "model.safetensors")
+    _atomic_save_tensors(dict(best_model), directory / "best.safetensors")
+    opt_tensors, opt_plain = _flatten_optimizer(optimizer.state_dict())
+    opt_tensors["__generator__"] = generator
+    for name, value in balancer.state_dict().items():
+        opt_tensors[f"__balancer__.{name}"] = value
+    _atomic_save_tensors(opt_tensors, directory / "optimizer.safetensors")
+    write_json(directory / "state.json", {**state, "optimizer": opt_plain})
+
+
+def load_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, balancer: Any) -> dict[str, Any]:
+    """Restore model, optimizer and balancer in place; return the loop state."""
+    state = _read_json(directory / "state.json")
+    model_path = directory / "model.safetensors"
+    _load_weights(model, _load_tensors(model_path), model_path)
+    tensors = _load_tensors(directory / "optimizer.safetensors")
+    generator = tensors.pop("__generator__")
+    balancer_state = {
+        k.removeprefix("__balancer__."): tensors.pop(k) for k in list(tensors) if k.startswith("__balancer__.")
+    }
+    try:
+        optimizer.load_state_dict(_unflatten_optimizer(tensors, state.pop("optimizer")))
+    except (KeyError, ValueError) as exc:
+        raise RunError(f"optimizer state in {str(directory)!r} does not fit: {exc}") from None
+    balancer.load_state_dict(balancer_state)
+    best_path = directory / "best.safetensors"
+    state["best_model"] = _load_tensors(best_path)
+    state["generator"] = generator
+    if state.get("best_objective") is None:
+        state["best_objective"] = math.inf
+    state["records"] = [{k: (math.nan if v is None else v) for k, v in r.items()} for r in state["records"]]
+    return state
+
+
+__all__ = ["Run", "load", "load_checkpoint", "save_checkpoint", "write_json"]

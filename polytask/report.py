@@ -1,0 +1,85 @@
+"""Plots of runs and comparisons (matplotlib, imported only when a plot is drawn)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .tasks import Task
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _filename(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def plot_learning_curves(history: pd.DataFrame, tasks: Sequence[Task], directory: Path) -> list[Path]:
+    """One PNG per task: training and validation loss per epoch, best epoch marked."""
+    plt = _pyplot()
+    directory.mkdir(parents=True, exist_ok=True)
+    best = None
+    if "val_objective" in history and history["val_objective"].notna().any():
+        best = int(history.loc[history["val_objective"].idxmin(), "epoch"])
+    paths = []
+    for task in tasks:
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        for split, style in (("train", "-"), ("val", "--")):
+            column = f"{split}_loss/{task.name}"
+            if column in history:
+                ax.plot(history["epoch"], history[column], style, label=f"{split} loss")
+        if best is not None:
+            ax.axvline(best, color="grey", lw=0.8, ls=":", label=f"best epoch {best}")
+        role = "" if task.is_main else " (auxiliary)"
+        ax.set_title(f"{task.name}{role}: {task.kind}, {task.loss_name} loss")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("loss (labelled rows)")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = directory / f"curve_{_filename(task.name)}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def plot_comparison(result: Mapping[str, Any], path: Path) -> Path:
+    """Per-task primary metric, STL vs MTL, mean ± std over seeds."""
+    plt = _pyplot()
+    tasks = result["tasks"]
+    names = list(tasks)
+    x = range(len(names))
+    fig, ax = plt.subplots(figsize=(max(5, 0.6 * len(names) + 2), 3.6))
+    for offset, method in ((-0.2, "stl"), (0.2, "mtl")):
+        means = [tasks[n][method]["mean"] for n in names]
+        stds = [tasks[n][method]["std"] for n in names]
+        ax.bar([i + offset for i in x], means, width=0.4, yerr=stds, capsize=2, label=method.upper())
+    ax.set_xticks(list(x))
+    ax.set_xticklabels(names, rotation=45, ha="right", fontsize=8)
+    metrics = sorted({tasks[n]["metric"] for n in names})
+    ax.set_ylabel(", ".join(metrics))
+    lo = min(min(tasks[n][m]["mean"] for n in names) for m in ("stl", "mtl"))
+    hi = max(max(tasks[n][m]["mean"] for n in names) for m in ("stl", "mtl"))
+    pad = 0.15 * (hi - lo) if hi > lo else 0.1
+    ax.set_ylim(max(0.0, lo - pad) if lo >= 0 else lo - pad, hi + pad)
+    ax.set_title(
+        f"STL vs MTL, {len(result['seeds'])} seeds; Δm = {result['delta_m_percent']:+.2f}% "
+        "(negative: MTL better)"
+    )
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,378 @@
+"""The training loop and the ``fit`` entry point.
+
+Batches → model → masked per-task losses → balancer → optimizer (weight decay is the λR(θ)
+term), validation each epoch, early stopping on the main tasks' weighted validation loss, the
+best weights restored, checkpoints and resume, and data-parallel training under ``torchrun``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import Tensor, nn
+
+from . import io
+from .balancing import Balancer, make_balancer
+from .config import Config, TrainConfig
+from .data import Preprocessor, TaskData, read_table, split_indices
+from .errors import ConfigError, RunError
+from .losses import TaskLosses
+from .models import MultiTaskModel, build_model
+from .tasks import Task, check_tasks
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present, else CPU; anything else must be a torch device string."""
+    if name == "auto":
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            if torch.cuda.is_available():
+                return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"train.device: {name!r} is not a device (auto, cpu, cuda, cuda:N)") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device: {name!r} was asked for but CUDA is not available")
+    return device
+
+
+def _optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def _scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> Any:
+    if cfg.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+    if cfg.scheduler == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, cfg.epochs // 3), gamma=0.1)
+    if cfg.scheduler == "plateau":
+        patience = max(1, (cfg.patience or 10) // 2)
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=patience)
+    return None
+
+
+@dataclass
+class History:
+    """Per-epoch records: train/validation loss per task, the objective, weights, time."""
+
+    records: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
+    stopped_early: bool = False
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.records)
+
+
+def _distributed() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class Trainer:
+    """Fits a ``MultiTaskModel`` jointly on all tasks with one balancer.
+
+    ``callback(record)`` is called after every epoch (the CLI draws its progress bar with it);
+    nothing here prints. Under ``torchrun`` (an initialized process group) the model is wrapped in
+    ``DistributedDataParallel`` and each rank trains on its own shard of every epoch.
+    """
+
+    def __init__(
+        self,
+        model: MultiTaskModel,
+        tasks: Sequence[Task],
+        config: TrainConfig,
+        *,
+        balancer: Balancer | None = None,
+        callback: Callable[[dict[str, float]], None] | None = None,
+    ) -> None:
+        self.tasks = check_tasks(tasks)
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.model = model.to(self.device)
+        self.balancer = balancer or make_balancer(config.balancer, self.tasks, config.balancer_options)
+        self.callback = callback
+        self.losses = TaskLosses(self.tasks, model.task_names, model.heads.out_dims)
+        self.rank, self.world_size = _distributed()
+        self.net: nn.Module = self.model
+        if self.world_size > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        params = list(self.model.parameters()) + self.balancer.parameters()
+        self.optimizer = _optimizer(params, config)
+        self.scheduler = _scheduler(self.optimizer, config)
+        self.main_weights = {t.name: t.weight for t in self.tasks if t.is_main}
+
+    # ---- evaluation ---------------------------------------------------------------------
+    @torch.no_grad()
+    def validation_losses(self, data: TaskData, *, chunk: int = 8192) -> dict[str, float]:
+        """Each task's mean loss over its labelled rows of ``data``."""
+        self.model.eval()
+        totals: dict[str, float] = {}
+        counts: dict[str, float] = {}
+        for start in range(0, len(data), chunk):
+            batch = data.batch(torch.arange(start, min(start + chunk, len(data)), device=data.x_num.device))
+            with self._autocast():
+                packed = self.model.forward_packed(batch.x_num, batch.x_cat)
+            losses = self.losses(packed.float(), batch.targets, batch.masks)
+            for name, loss in losses.items():
+                n = float(batch.masks[name].sum())
+                totals[name] = totals.get(name, 0.0) + float(loss) * n
+                counts[name] = counts.get(name, 0.0) + n
+        return {k: totals[k] / counts[k] if counts[k] else math.nan for k in totals}
+
+    def objective(self, losses: dict[str, float]) -> float:
+        """Early-stopping criterion: Σ α_t L_t over main tasks with labels."""
+        terms = [w * losses[n] for n, w in self.main_weights.items() if not math.isnan(losses[n])]
+        return float(sum(terms)) if terms else math.nan
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.amp)
+
+    # ---- training -----------------------------------------------------------------------
+    def fit(
+        self,
+        train: TaskData,
+        validation: TaskData | None = None,
+        *,
+        checkpoint_dir: Path | None = None,
+        resume: bool = False,
+    ) -> History:
+        """Train for up to ``epochs``; restore the weights of the best validation epoch."""
+        cfg = self.config
+        train = train.to(self.device)
+        validation = validation.to(self.device) if validation is not None else None
+        generator = torch.Generator().manual_seed(cfg.seed)
+        history = History()
+        best = (math.inf, copy.deepcopy(self.model.state_dict()))
+        bad_epochs, start_epoch = 0, 1
+        if resume:
+            if checkpoint_dir is None:
+                raise RunError("resume needs a checkpoint directory")
+            state = io.load_checkpoint(checkpoint_dir, self.model, self.optimizer, self.balancer)
+            history.records = state["records"]
+            best = (state["best_objective"], state["best_model"])
+            bad_epochs, start_epoch = state["bad_epochs"], state["epoch"] + 1
+            history.best_epoch = state["best_epoch"]
+            generator.set_state(state["generator"])
+            if self.scheduler is not None and state.get("scheduler"):
+                self.scheduler.load_state_dict(state["scheduler"])
+
+        for epoch in range(start_epoch, cfg.epochs + 1):
+            started = time.perf_counter()
+            record = self._train_epoch(train, generator)
+            record["epoch"] = epoch
+            record["lr"] = self.optimizer.param_groups[0]["lr"]
+            if validation is not None and len(validation):
+                val = self.validation_losses(validation)
+                record.update({f"val_loss/{k}": v for k, v in val.items()})
+                objective = self.objective(val)
+            else:
+                objective = math.nan
+            record["val_objective"] = objective
+            record["seconds"] = time.perf_counter() - started
+            history.records.append(record)
+
+            improved = not math.isnan(objective) and objective < best[0] - 1e-12
+            if improved or math.isnan(objective):
+                best = (objective if improved else best[0], copy.deepcopy(self.model.state_dict()))
+                history.best_epoch, bad_epochs = epoch, 0
+            else:
+                bad_epochs += 1
+            if self.scheduler is not None:
+                if cfg.scheduler == "plateau":
+                    if not math.isnan(objective):
+                        self.scheduler.step(objective)
+                else:
+                    self.scheduler.step()
+            if checkpoint_dir is not None and self.rank == 0:
+                io.save_checkpoint(
+                    checkpoint_dir,
+                    model=self.model,
+                    optimizer=self.optimizer,
+                    balancer=self.balancer,
+                    state={
+                        "epoch": epoch,
+                        "records": history.records,
+                        "best_objective": best[0],
+                        "best_epoch": history.best_epoch,
+                        "bad_epochs": bad_epochs,
+                        "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+                    },
+                    best_model=best[1],
+                    generator=generator.get_state(),
+                )
+            if self.callback is not None:
+                self.callback(record)
+            if cfg.patience is not None and bad_epochs >= cfg.patience:
+                history.stopped_early = True
+                break
+        self.model.load_state_dict(best[1])
+        self.model.eval()
+        return history
+
+    def _train_epoch(self, data: TaskData, generator: torch.Generator) -> dict[str, float]:
+        cfg = self.config
+        self.net.train()
+        order = torch.randperm(len(data), generator=generator).to(self.device)
+        if self.world_size > 1:  # every rank draws the same order and keeps its own shard
+            order = order[self.rank :: self.world_size]
+        sums: dict[str, Tensor] = {}
+        weight_sums: dict[str, float] = {}
+        steps = 0
+        for start in range(0, len(order), cfg.batch_size):
+            batch = data.batch(order[start : start + cfg.batch_size])
+            self.optimizer.zero_grad(set_to_none=True)
+            with self._autocast():
+                packed = self.net(batch.x_num, batch.x_cat, packed=True)
+            losses = self.losses(packed.float(), batch.targets, batch.masks)
+            weights = self.balancer.backward(losses, model=self.model)
+            if cfg.grad_clip is not None:
+                nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            self.optimizer.step()
+            detached = torch.stack(list(losses.values())).detach()
+            for name, value in zip(losses, detached, strict=True):
+                sums[name] = sums.get(name, 0.0) + value
+            for name, w in weights.items():
+                weight_sums[name] = weight_sums.get(name, 0.0) + float(w)
+            steps += 1
+        record: dict[str, float] = {}
+        if steps:
+            stacked = torch.stack(list(sums.values())).cpu() / steps
+            loss_mean = dict(zip(sums, stacked.tolist(), strict=True))
+            if not all(math.isfinite(v) for v in loss_mean.values()):
+                bad = [k for k, v in loss_mean.items() if not math.isfinite(v)]
+                raise RunError(
+                    f"training diverged: the loss of {', '.join(bad)} is not finite; "
+                    "lower train.lr or set train.grad_clip"
+                )
+            record.update({f"train_loss/{k}": v for k, v in loss_mean.items()})
+            record.update({f"weight/{k}": v / steps for k, v in weight_sums.items()})
+        return record
+
+
+# ---- the fit entry point ----------------------------------------------------------------
+@dataclass
+class Splits:
+    """The three tables of an experiment (validation and test may be empty)."""
+
+    train: pd.DataFrame
+    validation: pd.DataFrame
+    test: pd.DataFrame
+
+
+def resolve_tasks(config: Config) -> list[Task]:
+    if config.tasks is not None:
+        return list(config.tasks)
+    from .datasets import load_dataset
+
+    return load_dataset(config.data.dataset).tasks  # type: ignore[arg-type]
+
+
+def load_splits(config: Config) -> Splits:
+    """The fixed train/validation/test tables for a config (files, or a registered data set)."""
+    data = config.data
+    if data.dataset is not None:
+        from .datasets import load_dataset
+
+        ds = load_dataset(data.dataset)
+        frame = ds.frame.drop(columns=data.drop)
+        return Splits(*(frame.iloc[ds.splits[k]].reset_index(drop=True) for k in ("train", "validation", "test")))
+    assert data.train is not None
+    train = read_table(data.train).drop(columns=data.drop, errors="ignore")
+    test = read_table(data.test).drop(columns=data.drop, errors="ignore") if data.test else None
+    validation = read_table(data.validation).drop(columns=data.drop, errors="ignore") if data.validation else None
+    test_fraction = 0.0 if test is not None else data.test_fraction
+    val_fraction = 0.0 if validation is not None else data.validation_fraction
+    if test_fraction or val_fraction:
+        idx = split_indices(len(train), seed=data.split_seed, validation=val_fraction, test=test_fraction)
+        if test is None:
+            test = train.iloc[idx["test"]].reset_index(drop=True)
+        if validation is None:
+            validation = train.iloc[idx["validation"]].reset_index(drop=True)
+        train = train.iloc[idx["train"]].reset_index(drop=True)
+    empty = train.iloc[:0]
+    return Splits(train, validation if validation is not None else empty, test if test is not None else empty)
+
+
+def prepare(config: Config, splits: Splits, tasks: Sequence[Task]) -> tuple[Preprocessor, dict[str, TaskData]]:
+    """Fit preprocessing on the training table and encode every non-empty split."""
+    preprocessor = Preprocessor.fit(
+        splits.train,
+        tasks,
+        features=config.data.features,
+        categorical=config.data.categorical,
+        impute=config.data.impute,
+    )
+    encoded = {
+        name: TaskData.from_frame(frame, preprocessor)
+        for name, frame in (("train", splits.train), ("validation", splits.validation), ("test", splits.test))
+        if len(frame)
+    }
+    return preprocessor, encoded
+
+
+def fit(
+    config: Config,
+    *,
+    out: str | Path | None = None,
+    splits: Splits | None = None,
+    trunk: nn.Module | None = None,
+    callback: Callable[[dict[str, float]], None] | None = None,
+    resume: bool = False,
+) -> io.Run:
+    """Train the configured multi-task model and return the run (saved to ``out`` if given).
+
+    ``splits`` overrides the data named in the config (used by ``compare`` so every model sees
+    the same tables); ``trunk`` plugs in a user's own shared ``nn.Module``.
+    """
+    tasks = resolve_tasks(config)
+    if splits is None:
+        splits = load_splits(config)
+    preprocessor, encoded = prepare(config, splits, tasks)
+    torch.manual_seed(config.train.seed)
+    model = build_model(
+        config.model,
+        n_numeric=preprocessor.n_numeric,
+        cardinalities=preprocessor.cardinalities,
+        out_dims=preprocessor.output_dims(),
+        trunk=trunk,
+    )
+    trainer = Trainer(model, tasks, config.train, callback=callback)
+    checkpoint_dir = Path(out) / "checkpoint" if out is not None else None
+    if resume and (checkpoint_dir is None or not (checkpoint_dir / "state.json").is_file()):
+        raise RunError(f"cannot resume: no checkpoint in {str(checkpoint_dir)!r}")
+    started = time.perf_counter()
+    history = trainer.fit(
+        encoded["train"], encoded.get("validation"), checkpoint_dir=checkpoint_dir, resume=resume
+    )
+    run = io.Run(
+        config=config,
+        model=trainer.model.cpu(),
+        preprocessor=preprocessor,
+        history=history.to_frame(),
+        custom_trunk=trunk is not None,
+    )
+    run.metrics = {
+        "best_epoch": history.best_epoch,
+        "stopped_early": history.stopped_early,
+        "train_seconds": time.perf_counter() - started,
+        **{name: run.score(data) for name, data in encoded.items() if name != "train"},
+    }
+    if out is not None and trainer.rank == 0:
+        run.save(out)
+    return run
