@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -48,22 +49,21 @@ def _epoch_progress(total: int, quiet: bool, label: str):
 
 
 def _fmt(value: float, digits: int = 4) -> str:
-    return "nan" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+    return (
+        "nan"
+        if value is None or (isinstance(value, float) and math.isnan(value))
+        else f"{value:.{digits}f}"
+    )
 
 
 def _scores_table(title: str, scores: dict[str, dict[str, float]], tasks: list[Any]) -> Table:
     table = Table(title=title)
-    table.add_column("task")
-    table.add_column("role")
-    table.add_column("n", justify="right")
-    metric_names = list(dict.fromkeys(m for s in scores.values() for m in s if m != "n"))
-    for m in metric_names:
-        table.add_column(m, justify="right")
+    for col in ("task", "role", "labelled rows", "metrics"):
+        table.add_column(col, justify="right" if col == "labelled rows" else "left")
     roles = {t.name: t.role for t in tasks}
     for name, values in scores.items():
-        table.add_row(
-            name, roles.get(name, ""), str(values.get("n", "")), *(_fmt(values.get(m, math.nan)) for m in metric_names)
-        )
+        metrics = "  ".join(f"{m} {_fmt(v)}" for m, v in values.items() if m != "n")
+        table.add_row(name, roles.get(name, ""), str(values.get("n", "")), metrics)
     return table
 
 
@@ -79,9 +79,12 @@ def fit(
     from .train import fit as fit_run
 
     cfg = load_config(config)
-    progress, callback = _epoch_progress(cfg.train.epochs, quiet, "training")
+    lead = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 reports
+    progress, callback = _epoch_progress(cfg.train.epochs, quiet or not lead, "training")
     with progress:
         run = fit_run(cfg, out=out, callback=callback, resume=resume)
+    if not lead:
+        return
     if not quiet:
         console.print(
             f"best epoch {run.metrics['best_epoch']} "
@@ -113,7 +116,9 @@ def predict(
 @app.command()
 def evaluate(
     run_dir: Path = typer.Argument(..., help="Run directory written by `fit`."),
-    data: Path = typer.Argument(..., help="CSV or Parquet file with features and main-task labels."),
+    data: Path = typer.Argument(
+        ..., help="CSV or Parquet file with features and main-task labels."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Score a saved run on labelled data (each task over its labelled rows)."""
@@ -140,7 +145,9 @@ def _comparison_table(result: dict[str, Any]) -> Table:
             f"{t['metric']} {arrow}",
             f"{_fmt(t['stl']['mean'])} ± {_fmt(t['stl']['std'])}",
             f"{_fmt(t['mtl']['mean'])} ± {_fmt(t['mtl']['std'])}",
-            f"{-t['relative_change_percent']:+.2f}" if not math.isnan(t["relative_change_percent"]) else "nan",
+            f"{-t['relative_change_percent']:+.2f}"
+            if not math.isnan(t["relative_change_percent"])
+            else "nan",
             _fmt(t["p_value"], 3),
             t["verdict"],
         )
@@ -168,6 +175,7 @@ def _run_comparison(cfg: Any, seeds: int, out: Path | None, quiet: bool) -> dict
     from .report import plot_comparison
 
     with console.status("comparing", spinner="dots") if not quiet else _Null() as status:
+
         def note(message: str) -> None:
             if status is not None:
                 status.update(message)
@@ -196,7 +204,9 @@ class _Null:
 def compare(
     config: Path = typer.Argument(..., help="YAML config file."),
     seeds: int = typer.Option(3, min=1, help="Number of seeds (train.seed, train.seed+1, ...)."),
-    out: Path = typer.Option(None, "--out", "-o", help="Directory for comparison.json and the plot."),
+    out: Path = typer.Option(
+        None, "--out", "-o", help="Directory for comparison.json and the plot."
+    ),
     quiet: bool = QUIET,
 ) -> None:
     """Train STL and MTL on the same splits for several seeds and compare them on the test split."""
@@ -208,7 +218,9 @@ def compare(
 @app.command()
 def demo(
     seeds: int = typer.Option(3, min=1, help="Number of seeds."),
-    out: Path = typer.Option(None, "--out", "-o", help="Directory for comparison.json and the plot."),
+    out: Path = typer.Option(
+        None, "--out", "-o", help="Directory for comparison.json and the plot."
+    ),
     quiet: bool = QUIET,
 ) -> None:
     """STL vs MTL on the built-in Yeast data (14 binary tasks, real labels)."""
@@ -245,7 +257,9 @@ def balancers() -> None:
     for col in ("name", "what", "options", "reference"):
         table.add_column(col)
     for cls in BALANCERS.values():
-        table.add_row(cls.name, cls.description, ", ".join(cls.Options.model_fields) or "-", cls.reference)
+        table.add_row(
+            cls.name, cls.description, ", ".join(cls.Options.model_fields) or "-", cls.reference
+        )
     console.print(table)
 
 

@@ -119,7 +119,11 @@ def compare(
     """Train STL and MTL with the same splits, budget and early stopping for each seed and
     score both on the test split. Seed ``s`` sets ``train.seed`` (init and batch order); the
     split stays fixed."""
-    seed_list = list(range(config.train.seed, config.train.seed + seeds)) if isinstance(seeds, int) else list(seeds)
+    seed_list = (
+        list(range(config.train.seed, config.train.seed + seeds))
+        if isinstance(seeds, int)
+        else list(seeds)
+    )
     if splits is None:
         splits = load_splits(config)
     if len(splits.test) == 0:
@@ -139,7 +143,11 @@ def compare(
             result.scores["mtl"][task.name].append(mtl.metrics["test"][task.name])
         started = time.perf_counter()
         stl = fit_stl(
-            seeded, splits, on_task=(lambda t, s=seed: on_progress(f"seed {s}: STL {t.name}")) if on_progress else None
+            seeded,
+            splits,
+            on_task=(lambda t, s=seed: on_progress(f"seed {s}: STL {t.name}"))
+            if on_progress
+            else None,
         )
         result.seconds["stl"] += time.perf_counter() - started
         for name, run in stl.items():

@@ -172,7 +172,9 @@ def _allowed_keys(model: type[BaseModel], path: str) -> list[str]:
         annotation = field.annotation
         args = getattr(annotation, "__args__", ())
         candidates = [annotation, *args, *(a for arg in args for a in getattr(arg, "__args__", ()))]
-        current = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        current = next(
+            (c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None
+        )
         if current is None:
             return []
     return list(getattr(current, "model_fields", {}))

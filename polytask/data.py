@@ -61,7 +61,9 @@ def _numeric(series: pd.Series, what: str) -> np.ndarray:
         raise DataError(f"{what} is not numeric: value {series[row]!r} in row {row}")
     values = converted.to_numpy(dtype=float)
     if np.isinf(values).any():
-        raise DataError(f"{what} has infinite values in rows {_rows(np.where(np.isinf(values))[0])}")
+        raise DataError(
+            f"{what} has infinite values in rows {_rows(np.where(np.isinf(values))[0])}"
+        )
     return values
 
 
@@ -231,9 +233,7 @@ class Preprocessor:
         x_cat = np.zeros((n, len(self.categorical)), dtype=np.int64)
         for j, column in enumerate(self.categorical):
             lookup = {v: i + 1 for i, v in enumerate(self.categories[column])}
-            x_cat[:, j] = [
-                0 if pd.isna(v) else lookup.get(_label_key(v), 0) for v in frame[column]
-            ]
+            x_cat[:, j] = [0 if pd.isna(v) else lookup.get(_label_key(v), 0) for v in frame[column]]
         return torch.from_numpy(x_num), torch.from_numpy(x_cat)
 
     def transform_target(self, task: Task, frame: pd.DataFrame) -> tuple[Tensor, Tensor]:
@@ -274,7 +274,9 @@ class Preprocessor:
         mask = ~np.isnan(values)
         if task.kind == "count" and (values[mask] < 0).any():
             row = series.index[np.where(mask & (np.nan_to_num(values) < 0))[0][0]]
-            raise DataError(f"{what}: counts must be non-negative, got {series[row]!r} in row {row}")
+            raise DataError(
+                f"{what}: counts must be non-negative, got {series[row]!r} in row {row}"
+            )
         scaled = (np.where(mask, values, spec.mean) - spec.mean) / spec.std
         return torch.from_numpy(scaled.astype(np.float32)), torch.from_numpy(mask)
 

@@ -6,9 +6,15 @@ from .config import Config, DataConfig, ModelConfig, TrainConfig
 
 
 def demo_config() -> Config:
-    """The demo's settings: one shared MLP for all 14 Yeast classes vs 14 separate ones."""
+    """The demo's settings: one shared MLP for all 14 Yeast classes vs 14 separate ones.
+
+    The sizes were picked among four candidates by mean validation AUC (one seed, MTL and STL
+    alike), never on the test split.
+    """
     return Config(
         data=DataConfig(dataset="yeast"),
-        model=ModelConfig(shared=[128], head=[], dropout=0.2),
-        train=TrainConfig(epochs=100, batch_size=64, lr=1e-3, weight_decay=1e-4, patience=10, seed=0),
+        model=ModelConfig(shared=[256], head=[], dropout=0.3),
+        train=TrainConfig(
+            epochs=100, batch_size=64, lr=1e-3, weight_decay=1e-4, patience=15, seed=0
+        ),
     )

@@ -1,4 +1,4 @@
-"""The errors polytask raises at its boundaries: each names the field, the value and what is allowed."""
+"""Errors polytask raises at its boundaries; each names the field, the value and what is allowed."""
 
 from __future__ import annotations
 

@@ -63,7 +63,9 @@ def metric_value(name: str, kind: str, y: np.ndarray, pred: np.ndarray) -> float
         if name == "accuracy":
             return float(np.mean(pred.argmax(1) == y))
         if name == "macro_f1":
-            return float(skm.f1_score(y, pred.argmax(1), average="macro", labels=labels, zero_division=0))
+            return float(
+                skm.f1_score(y, pred.argmax(1), average="macro", labels=labels, zero_division=0)
+            )
         if name == "log_loss":
             return _safe(skm.log_loss, y, pred, labels=labels)
     if kind == "multilabel":
@@ -102,7 +104,9 @@ def relative_change(task_metric: str, mtl: float, stl: float) -> float:
     return -sign * (mtl - stl) / abs(stl) * 100.0
 
 
-def delta_m(metrics: Mapping[str, str], mtl: Mapping[str, float], stl: Mapping[str, float]) -> float:
+def delta_m(
+    metrics: Mapping[str, str], mtl: Mapping[str, float], stl: Mapping[str, float]
+) -> float:
     """Δm% = mean over tasks of the sign-corrected relative change (lower is better; <0: MTL wins).
 
     ``metrics`` maps task → primary metric name; ``mtl``/``stl`` map task → its value.

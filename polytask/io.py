@@ -117,11 +117,15 @@ class Run:
         for start in range(0, len(data), chunk):
             stop = min(start + chunk, len(data))
             parts.append(
-                self.model.forward_packed(data.x_num[start:stop].to(device), data.x_cat[start:stop].to(device)).cpu()
+                self.model.forward_packed(
+                    data.x_num[start:stop].to(device), data.x_cat[start:stop].to(device)
+                ).cpu()
             )
         return self.model.heads.unpack(torch.cat(parts))
 
-    def predict_arrays(self, frame: pd.DataFrame, *, include_auxiliary: bool = False) -> dict[str, np.ndarray]:
+    def predict_arrays(
+        self, frame: pd.DataFrame, *, include_auxiliary: bool = False
+    ) -> dict[str, np.ndarray]:
         """Decoded predictions per task (main tasks only unless ``include_auxiliary``)."""
         data = TaskData.from_frame(frame, self.preprocessor, tasks=[])
         outputs = self._outputs(data)
@@ -151,7 +155,9 @@ class Run:
                 columns[task.name] = values
         return pd.DataFrame(columns, index=frame.index)
 
-    def score(self, data: TaskData, *, include_auxiliary: bool = True) -> dict[str, dict[str, float]]:
+    def score(
+        self, data: TaskData, *, include_auxiliary: bool = True
+    ) -> dict[str, dict[str, float]]:
         """Metrics per task on encoded data, over each task's labelled rows."""
         outputs = self._outputs(data)
         scores = {}
@@ -246,8 +252,12 @@ def load(directory: str | Path, *, trunk: nn.Module | None = None) -> Run:
     path = directory / "model.safetensors"
     _load_weights(model, _load_tensors(path), path)
     model.eval()
-    history = pd.read_csv(directory / "history.csv") if (directory / "history.csv").is_file() else None
-    metrics = _read_json(directory / "metrics.json") if (directory / "metrics.json").is_file() else {}
+    history = (
+        pd.read_csv(directory / "history.csv") if (directory / "history.csv").is_file() else None
+    )
+    metrics = (
+        _read_json(directory / "metrics.json") if (directory / "metrics.json").is_file() else {}
+    )
     return Run(
         config=config,
         model=model,
@@ -284,7 +294,9 @@ def _flatten_optimizer(state: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor
     return tensors, plain
 
 
-def _unflatten_optimizer(tensors: Mapping[str, torch.Tensor], plain: Mapping[str, Any]) -> dict[str, Any]:
+def _unflatten_optimizer(
+    tensors: Mapping[str, torch.Tensor], plain: Mapping[str, Any]
+) -> dict[str, Any]:
     state: dict[int, dict[str, Any]] = {int(pid): dict(v) for pid, v in plain["state"].items()}
     for key, value in tensors.items():
         pid, _, name = key.partition(".")
@@ -314,7 +326,9 @@ def save_checkpoint(
     write_json(directory / "state.json", {**state, "optimizer": opt_plain})
 
 
-def load_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, balancer: Any) -> dict[str, Any]:
+def load_checkpoint(
+    directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, balancer: Any
+) -> dict[str, Any]:
     """Restore model, optimizer and balancer in place; return the loop state."""
     state = _read_json(directory / "state.json")
     model_path = directory / "model.safetensors"
@@ -322,7 +336,9 @@ def load_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Op
     tensors = _load_tensors(directory / "optimizer.safetensors")
     generator = tensors.pop("__generator__")
     balancer_state = {
-        k.removeprefix("__balancer__."): tensors.pop(k) for k in list(tensors) if k.startswith("__balancer__.")
+        k.removeprefix("__balancer__."): tensors.pop(k)
+        for k in list(tensors)
+        if k.startswith("__balancer__.")
     }
     try:
         optimizer.load_state_dict(_unflatten_optimizer(tensors, state.pop("optimizer")))
@@ -334,7 +350,9 @@ def load_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Op
     state["generator"] = generator
     if state.get("best_objective") is None:
         state["best_objective"] = math.inf
-    state["records"] = [{k: (math.nan if v is None else v) for k, v in r.items()} for r in state["records"]]
+    state["records"] = [
+        {k: (math.nan if v is None else v) for k, v in r.items()} for r in state["records"]
+    ]
     return state
 
 

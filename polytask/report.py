@@ -25,7 +25,9 @@ def _filename(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
-def plot_learning_curves(history: pd.DataFrame, tasks: Sequence[Task], directory: Path) -> list[Path]:
+def plot_learning_curves(
+    history: pd.DataFrame, tasks: Sequence[Task], directory: Path
+) -> list[Path]:
     """One PNG per task: training and validation loss per epoch, best epoch marked."""
     plt = _pyplot()
     directory.mkdir(parents=True, exist_ok=True)
@@ -64,7 +66,9 @@ def plot_comparison(result: Mapping[str, Any], path: Path) -> Path:
     for offset, method in ((-0.2, "stl"), (0.2, "mtl")):
         means = [tasks[n][method]["mean"] for n in names]
         stds = [tasks[n][method]["std"] for n in names]
-        ax.bar([i + offset for i in x], means, width=0.4, yerr=stds, capsize=2, label=method.upper())
+        ax.bar(
+            [i + offset for i in x], means, width=0.4, yerr=stds, capsize=2, label=method.upper()
+        )
     ax.set_xticks(list(x))
     ax.set_xticklabels(names, rotation=45, ha="right", fontsize=8)
     metrics = sorted({tasks[n]["metric"] for n in names})

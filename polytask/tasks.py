@@ -87,7 +87,9 @@ class Task(BaseModel):
         if self.kind != "multilabel" and isinstance(self.target, list):
             raise ValueError(f"a {self.kind} task takes one target column, not a list")
         if self.classes is not None and self.kind not in ("binary", "multiclass"):
-            raise ValueError(f"classes only applies to binary and multiclass tasks, not {self.kind}")
+            raise ValueError(
+                f"classes only applies to binary and multiclass tasks, not {self.kind}"
+            )
         if self.kind == "binary" and self.classes is not None and len(self.classes) != 2:
             raise ValueError(f"a binary task has exactly two classes, got {self.classes!r}")
         if self.loss is not None and self.loss not in KIND_LOSSES[self.kind]:

@@ -33,14 +33,16 @@ from .tasks import Task, check_tasks
 def resolve_device(name: str) -> torch.device:
     """``auto`` picks CUDA when present, else CPU; anything else must be a torch device string."""
     if name == "auto":
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            if torch.cuda.is_available():
-                return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if distributed and torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError as exc:
-        raise ConfigError(f"train.device: {name!r} is not a device (auto, cpu, cuda, cuda:N)") from exc
+        raise ConfigError(
+            f"train.device: {name!r} is not a device (auto, cpu, cuda, cuda:N)"
+        ) from exc
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"train.device: {name!r} was asked for but CUDA is not available")
     return device
@@ -58,7 +60,9 @@ def _scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> Any:
     if cfg.scheduler == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
     if cfg.scheduler == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, cfg.epochs // 3), gamma=0.1)
+        return torch.optim.lr_scheduler.StepLR(
+            optimizer, step_size=max(1, cfg.epochs // 3), gamma=0.1
+        )
     if cfg.scheduler == "plateau":
         patience = max(1, (cfg.patience or 10) // 2)
         return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=patience)
@@ -75,6 +79,22 @@ class History:
 
     def to_frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.records)
+
+
+def init_distributed() -> bool:
+    """Join the process group that ``torchrun`` describes in the environment, if any.
+
+    Returns True when training is distributed (WORLD_SIZE > 1). NCCL is used with CUDA, Gloo
+    on CPU.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    if not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend=backend)
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return True
 
 
 def _distributed() -> tuple[int, int]:
@@ -104,7 +124,9 @@ class Trainer:
         self.config = config
         self.device = resolve_device(config.device)
         self.model = model.to(self.device)
-        self.balancer = balancer or make_balancer(config.balancer, self.tasks, config.balancer_options)
+        self.balancer = balancer or make_balancer(
+            config.balancer, self.tasks, config.balancer_options
+        )
         self.callback = callback
         self.losses = TaskLosses(self.tasks, model.task_names, model.heads.out_dims)
         self.rank, self.world_size = _distributed()
@@ -125,7 +147,9 @@ class Trainer:
         totals: dict[str, float] = {}
         counts: dict[str, float] = {}
         for start in range(0, len(data), chunk):
-            batch = data.batch(torch.arange(start, min(start + chunk, len(data)), device=data.x_num.device))
+            batch = data.batch(
+                torch.arange(start, min(start + chunk, len(data)), device=data.x_num.device)
+            )
             with self._autocast():
                 packed = self.model.forward_packed(batch.x_num, batch.x_cat)
             losses = self.losses(packed.float(), batch.targets, batch.masks)
@@ -229,8 +253,11 @@ class Trainer:
         cfg = self.config
         self.net.train()
         order = torch.randperm(len(data), generator=generator).to(self.device)
-        if self.world_size > 1:  # every rank draws the same order and keeps its own shard
-            order = order[self.rank :: self.world_size]
+        if self.world_size > 1:
+            # Every rank draws the same order and keeps its own shard; equal shard lengths keep
+            # the ranks' step counts (and so DDP's collective calls) in lockstep.
+            usable = len(order) - len(order) % self.world_size
+            order = order[self.rank : usable : self.world_size]
         sums: dict[str, Tensor] = {}
         weight_sums: dict[str, float] = {}
         steps = 0
@@ -291,25 +318,40 @@ def load_splits(config: Config) -> Splits:
 
         ds = load_dataset(data.dataset)
         frame = ds.frame.drop(columns=data.drop)
-        return Splits(*(frame.iloc[ds.splits[k]].reset_index(drop=True) for k in ("train", "validation", "test")))
+        return Splits(
+            *(
+                frame.iloc[ds.splits[k]].reset_index(drop=True)
+                for k in ("train", "validation", "test")
+            )
+        )
     assert data.train is not None
     train = read_table(data.train).drop(columns=data.drop, errors="ignore")
     test = read_table(data.test).drop(columns=data.drop, errors="ignore") if data.test else None
-    validation = read_table(data.validation).drop(columns=data.drop, errors="ignore") if data.validation else None
+    validation = (
+        read_table(data.validation).drop(columns=data.drop, errors="ignore")
+        if data.validation
+        else None
+    )
     test_fraction = 0.0 if test is not None else data.test_fraction
     val_fraction = 0.0 if validation is not None else data.validation_fraction
     if test_fraction or val_fraction:
-        idx = split_indices(len(train), seed=data.split_seed, validation=val_fraction, test=test_fraction)
+        idx = split_indices(
+            len(train), seed=data.split_seed, validation=val_fraction, test=test_fraction
+        )
         if test is None:
             test = train.iloc[idx["test"]].reset_index(drop=True)
         if validation is None:
             validation = train.iloc[idx["validation"]].reset_index(drop=True)
         train = train.iloc[idx["train"]].reset_index(drop=True)
     empty = train.iloc[:0]
-    return Splits(train, validation if validation is not None else empty, test if test is not None else empty)
+    return Splits(
+        train, validation if validation is not None else empty, test if test is not None else empty
+    )
 
 
-def prepare(config: Config, splits: Splits, tasks: Sequence[Task]) -> tuple[Preprocessor, dict[str, TaskData]]:
+def prepare(
+    config: Config, splits: Splits, tasks: Sequence[Task]
+) -> tuple[Preprocessor, dict[str, TaskData]]:
     """Fit preprocessing on the training table and encode every non-empty split."""
     preprocessor = Preprocessor.fit(
         splits.train,
@@ -320,7 +362,11 @@ def prepare(config: Config, splits: Splits, tasks: Sequence[Task]) -> tuple[Prep
     )
     encoded = {
         name: TaskData.from_frame(frame, preprocessor)
-        for name, frame in (("train", splits.train), ("validation", splits.validation), ("test", splits.test))
+        for name, frame in (
+            ("train", splits.train),
+            ("validation", splits.validation),
+            ("test", splits.test),
+        )
         if len(frame)
     }
     return preprocessor, encoded
@@ -340,6 +386,7 @@ def fit(
     ``splits`` overrides the data named in the config (used by ``compare`` so every model sees
     the same tables); ``trunk`` plugs in a user's own shared ``nn.Module``.
     """
+    init_distributed()
     tasks = resolve_tasks(config)
     if splits is None:
         splits = load_splits(config)

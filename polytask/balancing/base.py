@@ -73,7 +73,9 @@ def validate_balancer_options(name: str, options: Mapping[str, Any]) -> BaseMode
         ) from None
 
 
-def make_balancer(name: str, tasks: Sequence[Task], options: Mapping[str, Any] | None = None) -> Balancer:
+def make_balancer(
+    name: str, tasks: Sequence[Task], options: Mapping[str, Any] | None = None
+) -> Balancer:
     """Instantiate a registered balancer by name."""
     parsed = validate_balancer_options(name, options or {})
     return BALANCERS[name](tasks, parsed)

@@ -43,7 +43,9 @@ class TaskHeads(nn.Module):
         self.biases = nn.ParameterList()
         for fan_in, fan_out in zip(widths[:-1], widths[1:], strict=True):
             bound = 1.0 / math.sqrt(fan_in)  # the default init of nn.Linear, per task
-            self.weights.append(nn.Parameter(torch.empty(n_tasks, fan_in, fan_out).uniform_(-bound, bound)))
+            self.weights.append(
+                nn.Parameter(torch.empty(n_tasks, fan_in, fan_out).uniform_(-bound, bound))
+            )
             self.biases.append(nn.Parameter(torch.empty(n_tasks, fan_out).uniform_(-bound, bound)))
         self.act = activation(activation_name)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
@@ -64,9 +66,7 @@ class TaskHeads(nn.Module):
 
     def unpack(self, packed: Tensor) -> dict[str, Tensor]:
         """Per-task outputs ``(N, out_dim)`` from packed ``(N, T, max_out)``."""
-        return {
-            name: packed[:, t, : self.out_dims[name]] for t, name in enumerate(self.names)
-        }
+        return {name: packed[:, t, : self.out_dims[name]] for t, name in enumerate(self.names)}
 
     def task_parameters(self, name: str) -> list[Tensor]:
         """Views of task ``name``'s slice of every stacked weight and bias."""

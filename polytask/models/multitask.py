@@ -91,5 +91,7 @@ def _output_width(trunk: nn.Module, in_features: int) -> int:
     finally:
         trunk.train(was_training)
     if out.dim() != 2:
-        raise ConfigError(f"the custom trunk must return (N, d) features, got shape {tuple(out.shape)}")
+        raise ConfigError(
+            f"the custom trunk must return (N, d) features, got shape {tuple(out.shape)}"
+        )
     return int(out.shape[1])
