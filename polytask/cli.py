@@ -11,6 +11,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -268,7 +269,12 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except PolytaskError as exc:
-        errors.print(f"[bold red]error:[/bold red] {type(exc).__name__}: {exc}", highlight=False)
+        # soft_wrap: one line however long; escape: brackets in the message are not markup.
+        errors.print(
+            f"[bold red]error:[/bold red] {type(exc).__name__}: {escape(str(exc))}",
+            highlight=False,
+            soft_wrap=True,
+        )
         sys.exit(2)
     except (typer.Exit, SystemExit) as exc:
         sys.exit(getattr(exc, "exit_code", getattr(exc, "code", 0)))

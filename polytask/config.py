@@ -13,6 +13,7 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -100,15 +101,28 @@ class TrainConfig(_Section):
     device: str = "auto"
     amp: bool = False
 
-    @model_validator(mode="after")
-    def _known_balancer(self) -> TrainConfig:
+    @field_validator("balancer")
+    @classmethod
+    def _known_balancer(cls, name: str) -> str:
+        from .balancing import BALANCERS
+
+        if name not in BALANCERS:
+            raise ValueError(f"{name!r} is not a balancer ({one_of(BALANCERS)})")
+        return name
+
+    @field_validator("balancer_options")
+    @classmethod
+    def _balancer_options(cls, options: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         from .balancing import validate_balancer_options
 
+        name = info.data.get("balancer")
+        if name is None:  # the name itself was invalid and is reported on its own
+            return options
         try:
-            validate_balancer_options(self.balancer, self.balancer_options)
+            validate_balancer_options(name, options)
         except ConfigError as exc:
-            raise ValueError(str(exc).removeprefix("train.")) from None
-        return self
+            raise ValueError(str(exc).removeprefix("train.balancer_options.")) from None
+        return options
 
 
 class Config(_Section):

@@ -67,7 +67,7 @@ def _read_json(path: Path) -> Any:
         raise RunError(f"run file {str(path)!r} is missing")
     try:
         return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise RunError(f"run file {str(path)!r} is corrupt: {exc}") from None
 
 
@@ -238,17 +238,16 @@ def load(directory: str | Path, *, trunk: nn.Module | None = None) -> Run:
         config = parse_config(_read_yaml(directory / "config.yaml"))
         preprocessor = Preprocessor.from_json(_read_json(directory / "preprocess.json"))
         spec = ModelConfig.model_validate(meta["spec"])
-    except (KeyError, TypeError, ValueError) as exc:
-        if isinstance(exc, PolytaskError):
-            raise RunError(f"run {str(directory)!r} has an invalid description: {exc}") from None
-        raise RunError(f"run {str(directory)!r} has an invalid description: {exc!r}") from None
-    model = build_model(
-        spec,
-        n_numeric=meta["n_numeric"],
-        cardinalities=meta["cardinalities"],
-        out_dims=meta["out_dims"],
-        trunk=trunk,
-    )
+        model = build_model(
+            spec,
+            n_numeric=int(meta["n_numeric"]),
+            cardinalities=[int(c) for c in meta["cardinalities"]],
+            out_dims={str(k): int(v) for k, v in meta["out_dims"].items()},
+            trunk=trunk,
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        detail = str(exc) if isinstance(exc, PolytaskError) else repr(exc)
+        raise RunError(f"run {str(directory)!r} has an invalid description: {detail}") from None
     path = directory / "model.safetensors"
     _load_weights(model, _load_tensors(path), path)
     model.eval()
@@ -276,7 +275,7 @@ def _read_yaml(path: Path) -> Any:
         raise RunError(f"run file {str(path)!r} is missing")
     try:
         return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise RunError(f"run file {str(path)!r} is corrupt: {exc}") from None
 
 

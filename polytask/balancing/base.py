@@ -68,8 +68,9 @@ def validate_balancer_options(name: str, options: Mapping[str, Any]) -> BaseMode
         allowed = one_of(cls.Options.model_fields) or "none"
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"])
+        msg = "unknown option" if err["type"] == "extra_forbidden" else err["msg"]
         raise ConfigError(
-            f"train.balancer_options.{field}: {err['msg']} (options of {name!r}: {allowed})"
+            f"train.balancer_options.{field}: {msg} (options of {name!r}: {allowed})"
         ) from None
 
 

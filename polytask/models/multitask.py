@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from .heads import TaskHeads
-from .layers import TabularInput
+from .layers import MLP, TabularInput
 
 
 class MultiTaskModel(nn.Module):
@@ -76,14 +76,15 @@ class MultiTaskModel(nn.Module):
 
 
 def _output_width(trunk: nn.Module, in_features: int) -> int:
-    width = getattr(trunk, "out_features", None)
-    if isinstance(width, int):
-        return width
+    """The trunk's feature width, found by running it once on a dummy batch."""
+    if isinstance(trunk, MLP):
+        return trunk.out_features
     was_training = trunk.training
+    device = next(trunk.parameters(), torch.empty(0)).device
     trunk.eval()
     try:
         with torch.no_grad():
-            out = trunk(torch.zeros(2, in_features))
+            out = trunk(torch.zeros(2, in_features, device=device))
     except Exception as exc:
         raise ConfigError(
             f"the custom trunk does not accept input of width {in_features}: {exc}"

@@ -1,0 +1,85 @@
+"""Synthetic tables with a label column for every task kind, and tiny configs, for the tests."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+import polytask as pt
+
+FEATURES = ["x0", "x1", "x2", "x3", "color"]
+SPECIES = np.array(["ant", "bee", "cat"])
+
+
+def make_frame(n: int = 240, seed: int = 0, *, missing: float = 0.0) -> pd.DataFrame:
+    """Four numeric features, one categorical, and a label column for every task kind.
+
+    ``price`` regression, ``sold`` binary, ``species`` multiclass, ``tag_a``/``tag_b`` a
+    multilabel pair, ``visits`` count, ``aux`` a regression meant as an auxiliary task.
+    ``missing`` blanks that fraction of every label column (at random, per column).
+    """
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 4))
+    frame = pd.DataFrame(x, columns=FEATURES[:4])
+    frame["color"] = rng.choice(["red", "green", "blue"], size=n)
+    shift = frame["color"].map({"red": 1.0, "green": 0.0, "blue": -1.0}).to_numpy()
+    frame["price"] = 2 * x[:, 0] - x[:, 1] + shift + 0.1 * rng.normal(size=n)
+    frame["sold"] = (x[:, 1] + x[:, 2] > 0).astype(int)
+    scores = np.stack([x[:, 0], x[:, 2], -x[:, 0] - x[:, 2]], axis=1)
+    frame["species"] = SPECIES[scores.argmax(axis=1)]
+    frame["tag_a"] = (x[:, 0] > 0).astype(int)
+    frame["tag_b"] = (x[:, 3] > 0).astype(int)
+    frame["visits"] = rng.poisson(np.exp(0.8 * x[:, 0] + 0.8 * x[:, 3]))
+    frame["aux"] = x[:, 0] + x[:, 1] ** 2
+    if missing:
+        for column in ("price", "sold", "species", "tag_a", "tag_b", "visits", "aux"):
+            blank = rng.random(n) < missing
+            frame[column] = frame[column].astype(object if column == "species" else float)
+            frame.loc[blank, column] = np.nan
+    return frame
+
+
+ALL_TASKS = [
+    pt.Task(name="price", kind="regression"),
+    pt.Task(name="sold", kind="binary"),
+    pt.Task(name="species", kind="multiclass"),
+    pt.Task(name="tags", kind="multilabel", target=["tag_a", "tag_b"]),
+    pt.Task(name="visits", kind="count"),
+    pt.Task(name="aux", kind="regression", role="auxiliary"),
+]
+
+
+def make_config(
+    train: str | Path,
+    tasks: Sequence[pt.Task] = tuple(ALL_TASKS),
+    *,
+    data: dict[str, Any] | None = None,
+    model: dict[str, Any] | None = None,
+    **train_options: Any,
+) -> pt.Config:
+    """A tiny, CPU-only, deterministic config: one 16-wide shared layer, a few epochs."""
+    options: dict[str, Any] = {
+        "epochs": 5,
+        "batch_size": 32,
+        "lr": 1e-2,
+        "device": "cpu",
+        "patience": None,
+    }
+    options.update(train_options)
+    return pt.Config(
+        data=pt.DataConfig(train=train, **(data or {})),
+        tasks=list(tasks),
+        model=pt.ModelConfig(**{"shared": [16], **(model or {})}),
+        train=pt.TrainConfig(**options),
+    )
+
+
+def make_splits(frame: pd.DataFrame, validation: int = 40, test: int = 40) -> pt.Splits:
+    """Consecutive train / validation / test blocks of ``frame`` (indices reset)."""
+    n_train = len(frame) - validation - test
+    parts = (frame.iloc[:n_train], frame.iloc[n_train : n_train + validation], frame.iloc[-test:])
+    return pt.Splits(*(p.reset_index(drop=True) for p in parts))
