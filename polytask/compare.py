@@ -8,6 +8,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import pandas as pd
+
 from .baselines import fit_stl
 from .config import Config
 from .errors import DataError
@@ -113,6 +115,7 @@ def compare(
     config: Config,
     *,
     seeds: int | Sequence[int] = 3,
+    frame: pd.DataFrame | None = None,
     splits: Splits | None = None,
     on_progress: Callable[[str], None] | None = None,
 ) -> Comparison:
@@ -125,7 +128,7 @@ def compare(
         else list(seeds)
     )
     if splits is None:
-        splits = load_splits(config)
+        splits = load_splits(config, frame)
     if len(splits.test) == 0:
         raise DataError("compare needs a test split: give data.test or data.test_fraction > 0")
     tasks = resolve_tasks(config)

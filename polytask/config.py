@@ -43,7 +43,7 @@ class DataConfig(_Section):
 
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:
-        if (self.dataset is None) == (self.train is None):
+        if self.dataset is not None and self.train is not None:
             raise ValueError("give exactly one of data.dataset or data.train")
         if self.dataset is not None:
             from .datasets import DATASETS

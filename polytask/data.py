@@ -274,9 +274,7 @@ class Preprocessor:
         mask = ~np.isnan(values)
         if task.kind == "count" and (values[mask] < 0).any():
             row = series.index[np.where(mask & (np.nan_to_num(values) < 0))[0][0]]
-            raise DataError(
-                f"{what}: counts must be non-negative, got {series[row]!r} in row {row}"
-            )
+            raise DataError(f"{what}: counts must be non-negative, got {series[row]} in row {row}")
         scaled = (np.where(mask, values, spec.mean) - spec.mean) / spec.std
         return torch.from_numpy(scaled.astype(np.float32)), torch.from_numpy(mask)
 
@@ -357,7 +355,7 @@ def _encode_binary_column(series: pd.Series, what: str) -> np.ndarray:
     labelled = values[~np.isnan(values)]
     bad = labelled[(labelled != 0) & (labelled != 1)]
     if bad.size:
-        raise DataError(f"{what}: labels must be 0 or 1, got {bad[0]!r}")
+        raise DataError(f"{what}: labels must be 0 or 1, got {bad[0]:g}")
     return values
 
 
@@ -410,14 +408,100 @@ def _class_order(key: str) -> tuple[int, float | str]:
         return (1, key)
 
 
+class Columns(Mapping[str, Tensor]):
+    """A read-only ``{task: tensor}`` whose 1-D entries are columns of a few stacked tensors.
+
+    ``blocks`` are ``(N, k)`` tensors, one per dtype; entry ``name`` is column ``j`` of block
+    ``b`` where ``columns[name] == (b, j)``; entries of other shapes are kept as given in
+    ``rest``. Taking the rows of a batch is then one indexing operation per block instead of
+    one per task. An entry is a view of its column, made on first access; ``stack_entries``
+    hands out several columns of one block at once.
+    """
+
+    __slots__ = ("blocks", "columns", "rest", "_order", "_selections", "_views")
+
+    def __init__(
+        self,
+        blocks: Sequence[Tensor],
+        columns: Mapping[str, tuple[int, int]],
+        rest: Mapping[str, Tensor],
+        order: Sequence[str],
+        selections: dict[tuple[str, ...], Any] | None = None,
+    ) -> None:
+        self.blocks = blocks
+        self.columns = columns
+        self.rest = rest
+        self._order = order
+        # Column selections by ``select``, shared by every batch of one TaskData.
+        self._selections = selections if selections is not None else {}
+        self._views: dict[str, Tensor] = {}
+
+    def __getitem__(self, name: str) -> Tensor:
+        view = self._views.get(name)
+        if view is None:
+            where = self.columns.get(name)
+            if where is None:
+                return self.rest[name]
+            view = self._views[name] = self.blocks[where[0]][:, where[1]]
+        return view
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.columns or name in self.rest
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._order)
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def __repr__(self) -> str:
+        return repr(dict(self))
+
+    def select(self, names: tuple[str, ...]) -> Tensor | None:
+        """``torch.stack([self[n] for n in names], dim=1)`` when all of ``names`` are columns
+        of one block (the rows of the block itself, a slice or a gather), else None."""
+        how = self._selections.get(names)
+        if how is None:
+            how = self._selections[names] = self._selection(names)
+        if how is False:
+            return None
+        block = self.blocks[how[0]]
+        cols = how[1]
+        return block[:, cols] if isinstance(cols, slice) else block.index_select(1, cols)
+
+    def _selection(self, names: tuple[str, ...]) -> Any:
+        where = [self.columns.get(n) for n in names]
+        if not names or any(w is None for w in where) or len({w[0] for w in where}) > 1:
+            return False
+        block, cols = where[0][0], [w[1] for w in where]
+        if cols == list(range(cols[0], cols[0] + len(cols))):
+            return block, slice(cols[0], cols[0] + len(cols))
+        index = torch.tensor(cols, dtype=torch.long, device=self.blocks[block].device)
+        return block, index
+
+
+def stack_entries(entries: Mapping[str, Tensor], names: tuple[str, ...]) -> Tensor:
+    """``torch.stack([entries[n] for n in names], dim=1)``, without the per-entry work when the
+    entries are already the columns of one tensor (a batch's ``targets`` and ``masks``)."""
+    if isinstance(entries, Columns):
+        stacked = entries.select(names)
+        if stacked is not None:
+            return stacked
+    return torch.stack([entries[n] for n in names], dim=1)
+
+
 @dataclass
 class Batch:
-    """A mini-batch: inputs plus per-task targets and label masks, keyed by task name."""
+    """A mini-batch: inputs plus per-task targets and label masks, keyed by task name.
+
+    ``targets`` and ``masks`` are read-only mappings (``Columns`` when made by
+    ``TaskData.batch``); copy them with ``dict(...)`` to change them.
+    """
 
     x_num: Tensor
     x_cat: Tensor
-    targets: dict[str, Tensor]
-    masks: dict[str, Tensor]
+    targets: Mapping[str, Tensor]
+    masks: Mapping[str, Tensor]
 
     def __len__(self) -> int:
         return self.x_num.shape[0]
@@ -477,11 +561,28 @@ class TaskData:
         )
 
     def batch(self, index: Tensor) -> Batch:
+        """The rows ``index``: a few indexing operations whatever the number of tasks.
+
+        The 1-D targets and masks are stacked into matrices on first use (a copy, kept in the
+        instance and made again whenever the dicts or their tensors change), so every batch
+        takes the rows of all tasks at once.
+        """
+        stacked = self.__dict__.get("_stacked")
+        if stacked is None or not stacked.matches(self.targets, self.masks):
+            if any(t.is_inference() for t in (*self.targets.values(), *self.masks.values())):
+                # Inference tensors keep no version counter, so a copy could go stale unseen.
+                return Batch(
+                    x_num=self.x_num[index],
+                    x_cat=self.x_cat[index],
+                    targets={k: v[index] for k, v in self.targets.items()},
+                    masks={k: v[index] for k, v in self.masks.items()},
+                )
+            stacked = self.__dict__["_stacked"] = _Stacked(self.targets, self.masks, len(self))
         return Batch(
             x_num=self.x_num[index],
             x_cat=self.x_cat[index],
-            targets={k: v[index] for k, v in self.targets.items()},
-            masks={k: v[index] for k, v in self.masks.items()},
+            targets=stacked.targets.rows(index),
+            masks=stacked.masks.rows(index),
         )
 
     def batches(
@@ -499,6 +600,51 @@ class TaskData:
 
     def label_counts(self) -> dict[str, int]:
         return {k: int(v.sum()) for k, v in self.masks.items()}
+
+
+class _StackedEntries:
+    """One dict of per-task tensors with its 1-D entries stacked, one matrix per dtype."""
+
+    def __init__(self, entries: Mapping[str, Tensor], n_rows: int) -> None:
+        kinds: dict[tuple[torch.dtype, torch.device], list[str]] = {}
+        for k, v in entries.items():
+            if v.dim() == 1 and v.shape[0] == n_rows:
+                kinds.setdefault((v.dtype, v.device), []).append(k)
+        self.order = tuple(entries)
+        self.columns = {
+            k: (b, j) for b, names in enumerate(kinds.values()) for j, k in enumerate(names)
+        }
+        self.rest = {k: v for k, v in entries.items() if k not in self.columns}
+        self.blocks = [torch.stack([entries[k] for k in names], dim=1) for names in kinds.values()]
+        self.selections: dict[tuple[str, ...], Any] = {}
+
+    def rows(self, index: Tensor) -> Mapping[str, Tensor]:
+        rest = {k: v[index] for k, v in self.rest.items()}
+        if not self.blocks:
+            return rest
+        blocks = [block[index] for block in self.blocks]
+        return Columns(blocks, self.columns, rest, self.order, self.selections)
+
+
+class _Stacked:
+    """``TaskData``'s targets and masks stacked, with what they were made from."""
+
+    def __init__(self, targets: dict[str, Tensor], masks: dict[str, Tensor], n_rows: int):
+        self.sources = (*targets.values(), *masks.values())
+        self.keys = (tuple(targets), tuple(masks))
+        self.versions = [t._version for t in self.sources]
+        self.targets = _StackedEntries(targets, n_rows)
+        self.masks = _StackedEntries(masks, n_rows)
+
+    def matches(self, targets: dict[str, Tensor], masks: dict[str, Tensor]) -> bool:
+        """Still a copy of ``targets`` and ``masks``: the same tensors, none changed in place."""
+        current = (*targets.values(), *masks.values())
+        return (
+            len(current) == len(self.sources)
+            and all(a is b for a, b in zip(current, self.sources, strict=True))
+            and [t._version for t in current] == self.versions
+            and self.keys == (tuple(targets), tuple(masks))
+        )
 
 
 def split_indices(

@@ -27,7 +27,7 @@ from .config import Config, ModelConfig, parse_config
 from .data import Preprocessor, TaskData
 from .errors import PolytaskError, RunError
 from .evaluate import task_scores
-from .models import MultiTaskModel, build_model
+from .models import MultiTaskModel, Trunk, build_model
 from .tasks import Task
 
 FORMAT_VERSION = 1
@@ -222,9 +222,10 @@ def versions() -> dict[str, str]:
     }
 
 
-def load(directory: str | Path, *, trunk: nn.Module | None = None) -> Run:
+def load(directory: str | Path, *, trunk: Trunk | None = None) -> Run:
     """Restore a saved run. ``trunk`` is required when the run was trained with a custom trunk
-    (its code cannot live in the run directory); pass a freshly constructed instance."""
+    (its code cannot live in the run directory): pass the same module, newly constructed, or
+    the factory that built it."""
     directory = Path(directory)
     if not directory.is_dir():
         raise RunError(f"run directory {str(directory)!r} does not exist")

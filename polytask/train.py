@@ -25,8 +25,8 @@ from .balancing import Balancer, make_balancer
 from .config import Config, TrainConfig
 from .data import Preprocessor, TaskData, read_table, split_indices
 from .errors import ConfigError, RunError
-from .losses import TaskLosses
-from .models import MultiTaskModel, build_model
+from .losses import TaskLosses, TaskLossValues
+from .models import MultiTaskModel, Trunk, build_model
 from .tasks import Task, check_tasks
 
 
@@ -258,7 +258,8 @@ class Trainer:
             # the ranks' step counts (and so DDP's collective calls) in lockstep.
             usable = len(order) - len(order) % self.world_size
             order = order[self.rank : usable : self.world_size]
-        sums: dict[str, Tensor] = {}
+        loss_names: list[str] = []
+        loss_sum: Tensor | float = 0.0  # the losses summed over steps, one vector for all tasks
         weight_sums: dict[str, float] = {}
         steps = 0
         for start in range(0, len(order), cfg.batch_size):
@@ -271,16 +272,21 @@ class Trainer:
             if cfg.grad_clip is not None:
                 nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
             self.optimizer.step()
-            detached = torch.stack(list(losses.values())).detach()
-            for name, value in zip(losses, detached, strict=True):
-                sums[name] = sums.get(name, 0.0) + value
+            if isinstance(losses, TaskLossValues):
+                vector = losses.vector
+            else:
+                vector = torch.stack(list(losses.values()))
+            loss_sum = loss_sum + vector.detach()
+            if not steps:
+                loss_names = list(losses)
             for name, w in weights.items():
                 weight_sums[name] = weight_sums.get(name, 0.0) + float(w)
             steps += 1
         record: dict[str, float] = {}
         if steps:
-            stacked = torch.stack(list(sums.values())).cpu() / steps
-            loss_mean = dict(zip(sums, stacked.tolist(), strict=True))
+            assert isinstance(loss_sum, Tensor)
+            stacked = loss_sum.cpu() / steps
+            loss_mean = dict(zip(loss_names, stacked.tolist(), strict=True))
             if not all(math.isfinite(v) for v in loss_mean.values()):
                 bad = [k for k, v in loss_mean.items() if not math.isfinite(v)]
                 raise RunError(
@@ -310,10 +316,13 @@ def resolve_tasks(config: Config) -> list[Task]:
     return load_dataset(config.data.dataset).tasks  # type: ignore[arg-type]
 
 
-def load_splits(config: Config) -> Splits:
-    """The fixed train/validation/test tables for a config (files, or a registered data set)."""
+def load_splits(config: Config, frame: pd.DataFrame | None = None) -> Splits:
+    """The fixed train/validation/test tables for a config: its files or registered data set,
+    or ``frame`` in place of ``data.train`` (split by the config's fractions and seed)."""
     data = config.data
-    if data.dataset is not None:
+    if frame is None and data.dataset is None and data.train is None:
+        raise ConfigError("data: give data.train (a CSV or Parquet file) or data.dataset")
+    if data.dataset is not None and frame is None:
         from .datasets import load_dataset
 
         ds = load_dataset(data.dataset)
@@ -324,8 +333,8 @@ def load_splits(config: Config) -> Splits:
                 for k in ("train", "validation", "test")
             )
         )
-    assert data.train is not None
-    train = read_table(data.train).drop(columns=data.drop, errors="ignore")
+    source = frame if frame is not None else read_table(data.train)  # type: ignore[arg-type]
+    train = source.drop(columns=data.drop, errors="ignore")
     test = read_table(data.test).drop(columns=data.drop, errors="ignore") if data.test else None
     validation = (
         read_table(data.validation).drop(columns=data.drop, errors="ignore")
@@ -376,20 +385,22 @@ def fit(
     config: Config,
     *,
     out: str | Path | None = None,
+    frame: pd.DataFrame | None = None,
     splits: Splits | None = None,
-    trunk: nn.Module | None = None,
+    trunk: Trunk | None = None,
     callback: Callable[[dict[str, float]], None] | None = None,
     resume: bool = False,
 ) -> io.Run:
     """Train the configured multi-task model and return the run (saved to ``out`` if given).
 
-    ``splits`` overrides the data named in the config (used by ``compare`` so every model sees
-    the same tables); ``trunk`` plugs in a user's own shared ``nn.Module``.
+    ``frame`` stands in for ``data.train``; ``splits`` overrides the data altogether (used by
+    ``compare`` so every model sees the same tables); ``trunk`` plugs in a user's own shared
+    ``nn.Module``, or a factory called with the encoded input width.
     """
     init_distributed()
     tasks = resolve_tasks(config)
     if splits is None:
-        splits = load_splits(config)
+        splits = load_splits(config, frame)
     preprocessor, encoded = prepare(config, splits, tasks)
     torch.manual_seed(config.train.seed)
     model = build_model(

@@ -15,6 +15,8 @@ if TYPE_CHECKING:
     from ..config import ModelConfig
 
 Builder = Callable[..., MultiTaskModel]
+#: A custom shared trunk: a module, or a factory called with the encoded input width.
+Trunk = nn.Module | Callable[[int], nn.Module]
 ARCHITECTURES: dict[str, Builder] = {}
 ARCHITECTURE_HELP: dict[str, str] = {}
 
@@ -35,9 +37,11 @@ def build_hard_sharing(
     n_numeric: int,
     cardinalities: Sequence[int],
     out_dims: Mapping[str, int],
-    trunk: nn.Module | None = None,
+    trunk: Trunk | None = None,
 ) -> MultiTaskModel:
     encoder = TabularInput(n_numeric, cardinalities, spec.embedding_dim)
+    if trunk is not None and not isinstance(trunk, nn.Module):
+        trunk = trunk(encoder.out_features)
     if trunk is None:
         trunk = MLP(
             encoder.out_features,
@@ -62,7 +66,7 @@ def build_model(
     n_numeric: int,
     cardinalities: Sequence[int],
     out_dims: Mapping[str, int],
-    trunk: nn.Module | None = None,
+    trunk: Trunk | None = None,
 ) -> MultiTaskModel:
     """Build the architecture named by ``spec.architecture``."""
     return ARCHITECTURES[spec.architecture](
