@@ -209,3 +209,13 @@ def test_full_qm9_contains_the_small_subset_split_by_split() -> None:
         pd.testing.assert_frame_equal(
             small.frame.iloc[small.splits[split]], full.frame.loc[small_ids]
         )
+
+
+def test_cli_listing_shows_the_extra_to_install() -> None:
+    from typer.testing import CliRunner
+
+    from polytask.cli import app
+
+    result = CliRunner().invoke(app, ["datasets"], env={"COLUMNS": "400"})
+    assert result.exit_code == 0
+    assert result.output.count("pip install 'polytask[benchmarks]'") == len(BENCHMARKS) + 1
