@@ -245,7 +245,8 @@ def datasets() -> None:
     for col in ("name", "what", "source", "licence"):
         table.add_column(col)
     for info in DATASETS.values():
-        table.add_row(info.name, info.summary, info.source, info.licence)
+        # escaped: "polytask[benchmarks]" would otherwise be read as Rich markup and vanish
+        table.add_row(*(escape(v) for v in (info.name, info.summary, info.source, info.licence)))
     console.print(table)
 
 

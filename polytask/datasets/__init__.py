@@ -90,3 +90,6 @@ register_dataset(
 )
 
 __all__ = ["DATASETS", "Dataset", "DatasetInfo", "load_dataset", "package_file", "register_dataset"]
+
+# Loaders in their own modules register themselves on import (after the names above exist).
+from . import macro, multidigits, qm9  # noqa: E402, F401

