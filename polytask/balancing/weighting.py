@@ -18,7 +18,9 @@ class FixedWeights(Balancer):
     description = "static weighted sum of task losses, α from the task specs"
     reference = "Caruana 1997"
 
-    def backward(self, losses: Mapping[str, Tensor], *, model: nn.Module) -> dict[str, float]:
+    def backward(
+        self, losses: Mapping[str, Tensor], *, model: nn.Module, features: Tensor | None = None
+    ) -> dict[str, float]:
         weights = {t.name: t.weight for t in self.tasks if t.name in losses}
         total = torch.stack([losses[n] * w for n, w in weights.items()]).sum()
         total.backward()
