@@ -224,3 +224,10 @@ def test_every_balancer_trains_with_missing_labels_and_an_auxiliary_task(tmp_pat
         assert weights.shape[1] == 6 and np.isfinite(weights).all()
         for p in run.model.parameters():
             assert torch.isfinite(p).all()
+
+
+def test_a_saved_run_plots_its_weights(tmp_path) -> None:
+    path = tmp_path / "train.csv"
+    make_frame(80, seed=2).to_csv(path, index=False)
+    run = pt.fit(make_config(path, balancer="dwa", epochs=3), out=tmp_path / "run")
+    assert (run.directory / "plots" / "weights.png").is_file()
