@@ -90,7 +90,9 @@ def metric_value(name: str, kind: str, y: np.ndarray, pred: np.ndarray) -> float
 
 
 def task_scores(task: Task, y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
-    """All of a task's metrics plus ``n`` (labelled rows scored)."""
+    """All of a task's metrics plus ``n`` (labelled rows scored); NaN metrics when ``n`` is 0."""
+    if len(y) == 0:
+        return {**{m: math.nan for m in task.metric_names}, "n": 0}
     scores = {m: metric_value(m, task.kind, y, pred) for m in task.metric_names}
     scores["n"] = int(len(y)) if task.kind != "multilabel" else int((~np.isnan(y)).any(1).sum())
     return scores

@@ -203,9 +203,11 @@ class Run:
         write_json(directory / "metrics.json", self.metrics)
         if self.history is not None and len(self.history):
             self.history.to_csv(directory / "history.csv", index=False)
-            from .report import plot_learning_curves
+            from .report import plot_learning_curves, plot_weights
 
             plot_learning_curves(self.history, self.tasks, directory / "plots")
+            if any(c.startswith("weight/") for c in self.history.columns):
+                plot_weights(self.history, directory / "plots", balancer=self.config.train.balancer)
         self.directory = directory
         return directory
 

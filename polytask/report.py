@@ -56,6 +56,27 @@ def plot_learning_curves(
     return paths
 
 
+def plot_weights(history: pd.DataFrame, directory: Path, *, balancer: str = "") -> Path | None:
+    """The per-epoch mean task weight (``weight/TASK`` columns) of every task, in one PNG."""
+    columns = [c for c in history.columns if c.startswith("weight/")]
+    if not columns:
+        return None
+    plt = _pyplot()
+    directory.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    for column in columns:
+        ax.plot(history["epoch"], history[column], marker=".", label=column.removeprefix("weight/"))
+    ax.set_title(f"task weights per epoch{f' ({balancer})' if balancer else ''}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("mean weight per step")
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    path = directory / "weights.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def plot_comparison(result: Mapping[str, Any], path: Path) -> Path:
     """Per-task primary metric, STL vs MTL, mean ± std over seeds."""
     plt = _pyplot()

@@ -7,6 +7,7 @@ best weights restored, checkpoints and resume, and data-parallel training under 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
@@ -249,6 +250,20 @@ class Trainer:
         self.model.eval()
         return history
 
+    def _sync_context(self):
+        """DDP's gradient hooks, unless the balancer writes ``.grad`` itself (then skipped)."""
+        if self.world_size > 1 and self.balancer.sets_grads:
+            return self.net.no_sync()
+        return contextlib.nullcontext()
+
+    def _average_grads(self, params: list[nn.Parameter]) -> None:
+        """Average ``.grad`` over ranks where DDP's hooks did not (balancer-written, own)."""
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            torch.distributed.all_reduce(p.grad)
+            p.grad /= self.world_size
+
     def _train_epoch(self, data: TaskData, generator: torch.Generator) -> dict[str, float]:
         cfg = self.config
         self.net.train()
@@ -265,10 +280,21 @@ class Trainer:
         for start in range(0, len(order), cfg.batch_size):
             batch = data.batch(order[start : start + cfg.batch_size])
             self.optimizer.zero_grad(set_to_none=True)
-            with self._autocast():
-                packed = self.net(batch.x_num, batch.x_cat, packed=True)
-            losses = self.losses(packed.float(), batch.targets, batch.masks)
-            weights = self.balancer.backward(losses, model=self.model)
+            with self._sync_context():
+                with self._autocast():
+                    if self.balancer.needs_features:
+                        packed, features = self.net(
+                            batch.x_num, batch.x_cat, packed=True, features=True
+                        )
+                    else:
+                        packed, features = self.net(batch.x_num, batch.x_cat, packed=True), None
+                losses = self.losses(packed.float(), batch.targets, batch.masks)
+                weights = self.balancer.backward(losses, model=self.model, features=features)
+            if self.world_size > 1:
+                own = self.balancer.parameters()
+                self._average_grads(
+                    list(self.model.parameters()) + own if self.balancer.sets_grads else own
+                )
             if cfg.grad_clip is not None:
                 nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
             self.optimizer.step()
@@ -294,6 +320,7 @@ class Trainer:
                     "lower train.lr or set train.grad_clip"
                 )
             record.update({f"train_loss/{k}": v for k, v in loss_mean.items()})
+            self.balancer.end_epoch(loss_mean)
             record.update({f"weight/{k}": v / steps for k, v in weight_sums.items()})
         return record
 

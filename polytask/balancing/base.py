@@ -3,6 +3,9 @@
 A balancer receives the per-task losses of a mini-batch and leaves gradients in ``.grad`` of the
 model's parameters. Loss-weighting methods (the step is a weighted sum) and gradient-aggregation
 methods (per-task gradients combined into one update) share this interface and one registry.
+
+A task with no labelled row in the batch has a loss of exactly 0 with zero gradient
+(``losses.masked_mean``); every balancer treats such a task as absent from that step.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
+import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import Tensor, nn
 
@@ -28,6 +32,11 @@ class Balancer:
     description: ClassVar[str] = ""
     reference: ClassVar[str] = ""
     Options: ClassVar[type[BaseModel]] = NoOptions
+    needs_features: ClassVar[bool] = False
+    """True when ``backward`` needs the shared representation h (passed as ``features``)."""
+    sets_grads: ClassVar[bool] = False
+    """True when ``backward`` writes ``.grad`` itself rather than through one ``.backward()``
+    (under DDP the trainer then skips DDP's gradient hooks and averages the gradients itself)."""
 
     def __init__(self, tasks: Sequence[Task], options: BaseModel | None = None) -> None:
         self.tasks = list(tasks)
@@ -37,9 +46,20 @@ class Balancer:
         """The balancer's own learnable parameters (optimized beside the model's)."""
         return []
 
-    def backward(self, losses: Mapping[str, Tensor], *, model: nn.Module) -> dict[str, float]:
+    def backward(
+        self, losses: Mapping[str, Tensor], *, model: nn.Module, features: Tensor | None = None
+    ) -> dict[str, float]:
         """Accumulate the step's gradients; return the task weights used (for logging)."""
         raise NotImplementedError
+
+    def end_epoch(self, train_losses: Mapping[str, float]) -> None:
+        """Called by the trainer after each epoch with the epoch's mean training losses."""
+        return None
+
+    def _alphas(self, names: Sequence[str], like: Tensor) -> Tensor:
+        """The declared task weights α_t, as a tensor in the order of ``names``."""
+        by_name = {t.name: t.weight for t in self.tasks}
+        return torch.tensor([by_name[n] for n in names], dtype=like.dtype, device=like.device)
 
     def state_dict(self) -> dict[str, Any]:
         return {}

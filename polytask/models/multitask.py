@@ -54,11 +54,23 @@ class MultiTaskModel(nn.Module):
         return self.heads(self.represent(x_num, x_cat))
 
     def forward(
-        self, x_num: Tensor, x_cat: Tensor | None = None, *, packed: bool = False
-    ) -> dict[str, Tensor] | Tensor:
-        """``{task: output}``, or the packed tensor when ``packed`` (the training loop's form)."""
-        out = self.forward_packed(x_num, x_cat)
-        return out if packed else self.heads.unpack(out)
+        self,
+        x_num: Tensor,
+        x_cat: Tensor | None = None,
+        *,
+        packed: bool = False,
+        features: bool = False,
+    ) -> dict[str, Tensor] | Tensor | tuple[dict[str, Tensor] | Tensor, Tensor]:
+        """``{task: output}``, or the packed tensor when ``packed`` (the training loop's form).
+
+        With ``features`` the shared representation h comes out too, as ``(outputs, h)``: the
+        representation-level balancers need it, and it must leave through ``forward`` so that a
+        ``DistributedDataParallel`` wrapper sees the one graph.
+        """
+        h = self.represent(x_num, x_cat)
+        out = self.heads(h)
+        out = out if packed else self.heads.unpack(out)
+        return (out, h) if features else out
 
     def shared_parameters(self) -> list[nn.Parameter]:
         """Parameters φ of the shared encoder and trunk."""

@@ -1,0 +1,310 @@
+"""Gradient-aggregation balancers: per-task gradients of the shared part combined into one update.
+
+The aggregators themselves are torchjd's (``torchjd.aggregation``); this module feeds them the
+Jacobian from ``jacobian.task_jacobian`` at one of two levels:
+
+- ``parameters``: rows are the task gradients w.r.t. all shared parameters φ (exact, T× the
+  memory of one gradient);
+- ``representation``: rows are the task gradients w.r.t. the shared features h (the cheap
+  approximation, MGDA-UB style); the aggregated h-gradient is then backpropagated once through
+  the trunk, which equals the backward of Σ w_t L_t with the weights the aggregator implies.
+
+Heads get the plain sum of their tasks' gradients (each head sees only its own loss). Tasks
+absent from a batch are left out of the Jacobian for that step.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+from .base import Balancer, register_balancer
+from .jacobian import add_flat_grad, add_grads, task_jacobian
+
+Level = Literal["parameters", "representation"]
+
+
+class LevelOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    level: Level = "parameters"
+
+
+class _Aggregation(Balancer):
+    """Base of the aggregators: subclasses give ``_make(options)``, a torchjd aggregator."""
+
+    needs_features = True
+    sets_grads = True
+    Options: ClassVar[type[BaseModel]] = LevelOptions
+    extra: ClassVar[str] = ""  # the torchjd extra its solver needs, if any
+
+    def __init__(self, tasks, options=None) -> None:
+        super().__init__(tasks, options)
+        self._aggregators: dict[tuple[bool, ...], Any] = {}
+        self._new(len(self.tasks))  # fail at construction if a solver is missing
+
+    def _make(self, n_tasks: int) -> Any:
+        raise NotImplementedError
+
+    def _new(self, n_tasks: int) -> Any:
+        try:
+            return self._make(n_tasks)
+        except ImportError as exc:
+            raise ConfigError(
+                f"train.balancer: {self.name!r} needs a solver that is not installed ({exc}); "
+                f"install it with: pip install 'torchjd[{self.extra}]'"
+            ) from None
+
+    def _aggregator(self, present: list[bool]) -> Any:
+        # Stateful aggregators (GradVac, Nash-MTL) keep one state per set of present tasks.
+        key = tuple(present)
+        if key not in self._aggregators:
+            self._aggregators[key] = self._new(sum(present))
+        return self._aggregators[key]
+
+    def weights_and_direction(self, matrix: Tensor, present: list[bool]) -> tuple[Tensor, Tensor]:
+        """The aggregator's task weights w (present tasks) and direction d = wᵀJ."""
+        if len(matrix) == 1:  # one task: every method reduces to its gradient
+            return torch.ones(1, device=matrix.device), matrix[0]
+        agg = self._aggregator(present)
+        with warnings.catch_warnings():  # cvxpy's "not DPP" notice, once per Nash-MTL solve
+            warnings.filterwarnings("ignore", message=".*not DPP.*")
+            return self._combine(agg, matrix)
+
+    @staticmethod
+    def _combine(agg: Any, matrix: Tensor) -> tuple[Tensor, Tensor]:
+        from torchjd.aggregation import GramianWeightedAggregator, WeightedAggregator
+
+        if isinstance(agg, GramianWeightedAggregator):
+            w = agg.gramian_weighting(matrix @ matrix.T)
+        elif isinstance(agg, WeightedAggregator):
+            w = agg.weighting(matrix)
+        else:  # not a linear combination (GradDrop): report least-squares implied weights
+            d = agg(matrix)
+            w = torch.linalg.lstsq(matrix.T, d.unsqueeze(1)).solution.squeeze(1)
+            return w.detach(), d.detach()
+        w = w.detach().to(matrix.dtype)
+        return w, w @ matrix
+
+    def backward(
+        self, losses: Mapping[str, Tensor], *, model: nn.Module, features: Tensor | None = None
+    ) -> dict[str, float]:
+        if features is None:
+            raise ValueError(f"balancer {self.name!r} needs the shared features h")
+        names = list(losses)
+        stacked = torch.stack([losses[n] for n in names])
+        stacked = stacked * self._alphas(names, stacked)
+        heads = model.head_parameters()
+        shared = model.shared_parameters()
+        by_params = self.options.level == "parameters"
+        jac = task_jacobian(
+            stacked, features, head_params=heads, shared_params=shared if by_params else None
+        )
+        add_grads(heads, jac.head_grads)
+        weights = {n: 0.0 for n in names}
+        if not len(jac.matrix):
+            return weights
+        w, direction = self.weights_and_direction(jac.matrix, jac.present)
+        if by_params:
+            add_flat_grad(shared, direction)
+        else:
+            features.backward(direction.view_as(features).to(features.dtype))
+        present_names = [n for n, p in zip(names, jac.present, strict=True) if p]
+        weights.update(zip(present_names, w.tolist(), strict=True))
+        return weights
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+
+def _aggregator(
+    name: str, description: str, reference: str, options: type[BaseModel], extra: str = ""
+) -> Callable[[Callable[[Any, int], Any]], type[_Aggregation]]:
+    """Register an aggregation balancer whose torchjd aggregator ``make(options, T)`` builds."""
+
+    def decorate(make: Callable[[Any, int], Any]) -> type[_Aggregation]:
+        cls = type(
+            make.__name__,
+            (_Aggregation,),
+            {
+                "name": name,
+                "description": description,
+                "reference": reference,
+                "Options": options,
+                "extra": extra,
+                "_make": lambda self, n: make(self.options, n),
+                "__doc__": make.__doc__,
+                "__module__": __name__,
+            },
+        )
+        return register_balancer(cls)
+
+    return decorate
+
+
+class MGDAOptions(LevelOptions):
+    epsilon: float = Field(1e-3, gt=0)
+    max_iters: int = Field(100, gt=0)
+
+
+@_aggregator(
+    "mgda",
+    "min-norm point of the convex hull of task gradients (level=representation: MGDA-UB)",
+    "Sener & Koltun 2018",
+    MGDAOptions,
+)
+def MGDA(o: MGDAOptions, n: int) -> Any:
+    """Multiple-gradient descent: the min-norm convex combination (Frank-Wolfe)."""
+    from torchjd.aggregation import MGDA
+
+    return MGDA(epsilon=o.epsilon, max_iters=o.max_iters)
+
+
+@_aggregator(
+    "pcgrad", "projects away conflicting gradient components", "Yu et al. 2020", LevelOptions
+)
+def PCGrad(o: LevelOptions, n: int) -> Any:
+    """Projecting conflicting gradients."""
+    from torchjd.aggregation import PCGrad
+
+    return PCGrad()
+
+
+class CAGradOptions(LevelOptions):
+    c: float = Field(0.4, ge=0)
+
+
+@_aggregator(
+    "cagrad",
+    "maximizes the worst task improvement near the average gradient",
+    "Liu et al. 2021",
+    CAGradOptions,
+    extra="cagrad",
+)
+def CAGrad(o: CAGradOptions, n: int) -> Any:
+    """Conflict-averse gradient descent."""
+    from torchjd.aggregation import CAGrad
+
+    return CAGrad(c=o.c)
+
+
+@_aggregator(
+    "imtl_g",
+    "direction with equal projections on all unit task gradients",
+    "Liu et al. 2021",
+    LevelOptions,
+)
+def IMTLG(o: LevelOptions, n: int) -> Any:
+    """Impartial multi-task learning, gradient part."""
+    from torchjd.aggregation import IMTLG
+
+    return IMTLG()
+
+
+@_aggregator(
+    "graddrop",
+    "randomly drops gradient signs by their consistency",
+    "Chen et al. 2020",
+    LevelOptions,
+)
+def GradDrop(o: LevelOptions, n: int) -> Any:
+    """Gradient sign dropout."""
+    from torchjd.aggregation import GradDrop
+
+    return GradDrop()
+
+
+class GradVacOptions(LevelOptions):
+    beta: float = Field(0.5, ge=0, le=1)
+
+
+@_aggregator(
+    "gradvac",
+    "aligns gradient similarities to their running targets",
+    "Wang et al. 2021",
+    GradVacOptions,
+)
+def GradVac(o: GradVacOptions, n: int) -> Any:
+    """Gradient vaccine."""
+    from torchjd.aggregation import GradVac
+
+    return GradVac(beta=o.beta)
+
+
+class NashMTLOptions(LevelOptions):
+    max_norm: float = Field(1.0, gt=0)
+    update_weights_every: int = Field(1, gt=0)
+    optim_niter: int = Field(20, gt=0)
+
+
+@_aggregator(
+    "nash_mtl",
+    "Nash bargaining solution over task gradients",
+    "Navon et al. 2022",
+    NashMTLOptions,
+    extra="nash-mtl",
+)
+def NashMTL(o: NashMTLOptions, n: int) -> Any:
+    """Multi-task learning as a bargaining game."""
+    from torchjd.aggregation import NashMTL
+
+    return NashMTL(
+        n_tasks=n,
+        max_norm=o.max_norm,
+        update_weights_every=o.update_weights_every,
+        optim_niter=o.optim_niter,
+    )
+
+
+class AlignedMTLOptions(LevelOptions):
+    scale_mode: Literal["min", "median", "rmse"] = "min"
+
+
+@_aggregator(
+    "aligned_mtl",
+    "aligns the principal components of the gradient matrix",
+    "Senushkin et al. 2023",
+    AlignedMTLOptions,
+)
+def AlignedMTL(o: AlignedMTLOptions, n: int) -> Any:
+    """Aligned-MTL: a condition number of one for the gradient system."""
+    from torchjd.aggregation import AlignedMTL
+
+    return AlignedMTL(scale_mode=o.scale_mode)
+
+
+@_aggregator(
+    "upgrad",
+    "mean of task gradients each projected onto the dual cone",
+    "Quinton & Rey 2024",
+    LevelOptions,
+    extra="quadprog_projector",
+)
+def UPGrad(o: LevelOptions, n: int) -> Any:
+    """Unconflicting projection of gradients (Jacobian descent)."""
+    from torchjd.aggregation import UPGrad
+
+    return UPGrad()
+
+
+class FairGradOptions(LevelOptions):
+    alpha: float = Field(1.0, gt=0)
+
+
+@_aggregator(
+    "fairgrad",
+    "α-fair utility maximization over task improvements",
+    "Ban & Ji 2024",
+    FairGradOptions,
+    extra="fairgrad",
+)
+def FairGrad(o: FairGradOptions, n: int) -> Any:
+    """Fair resource allocation in multi-task learning."""
+    from torchjd.aggregation import FairGrad
+
+    return FairGrad(alpha=o.alpha)
