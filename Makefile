@@ -23,8 +23,11 @@ lint: install
 test: install lint
 	$(PY) -m pytest -q
 
+# Quick versions (a few minutes); the full runs are documented in docs/benchmarks.md.
 bench: install
-	$(PY) benchmarks/step_cost.py --quick
+	$(PY) benchmarks/step_cost.py --quick --out benchmarks/results/quick/step_cost.json
+	$(PY) benchmarks/balancer_cost.py --quick --out benchmarks/results/quick/balancer_cost.json
+	$(PY) benchmarks/quality.py --quick --out benchmarks/results/quick/quality.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info
