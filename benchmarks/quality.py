@@ -465,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unknown method {m!r}; known: stl, {', '.join(method_table())}")
     full = not (args.quick or args.datasets or args.methods or args.seeds)
     out = args.out or ROOT / "benchmarks" / "results" / (
-        "quality.json" if full else "quality_partial.json"
+        "quality.json" if full else "quick/quality.json"
     )
     doc = args.doc or (ROOT / "docs" / "benchmarks.md" if full else None)
 
