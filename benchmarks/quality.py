@@ -378,7 +378,8 @@ def markdown(result: dict[str, Any]) -> str:
             "",
             f"{len(metrics)} main tasks (primary metric: {', '.join(kinds)}); "
             f"{rows['train']:,} / {rows['validation']:,} / {rows['test']:,} rows; "
-            f"{len(result['seeds'])} seeds. Best MTL method on validation: "
+            f"{len(ds['seeds'])} seeds, {ds['seconds'] / 60:.0f} min in all. "
+            f"Best MTL method on validation: "
             f"**{ds['best_on_validation']}**.",
             "",
             "| method | Δm% test (mean ± std) | 95% CI | Δm% val. | tasks better / worse "
@@ -463,32 +464,34 @@ def main(argv: list[str] | None = None) -> int:
     for m in methods:
         if m != "stl" and m not in method_table():
             parser.error(f"unknown method {m!r}; known: stl, {', '.join(method_table())}")
-    full = not (args.quick or args.datasets or args.methods or args.seeds)
+    # The full run (all methods, 5 seeds) updates quality.json data set by data set, so the
+    # suite can be run in parts: --datasets star school adds those to the earlier ones.
+    full = not (args.quick or args.methods or args.seeds)
     out = args.out or ROOT / "benchmarks" / "results" / (
         "quality.json" if full else "quick/quality.json"
     )
     doc = args.doc or (ROOT / "docs" / "benchmarks.md" if full else None)
 
     seeds = list(range(n_seeds))
-    started = time.perf_counter()
-    result: dict[str, Any] = {
-        "settings": {"datasets": datasets, "methods": methods, "threads": args.threads},
-        "seeds": seeds,
-        "machine": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "cpu": platform.processor() or platform.machine(),
-        },
-        "datasets": {},
+    result: dict[str, Any] = {"datasets": {}}
+    if full and out.is_file():
+        result = json.loads(out.read_text())
+    machine = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "threads": args.threads,
     }
     for name in datasets:
-        result["datasets"][name] = run_dataset(name, methods, seeds, lambda s: print(s, flush=True))
-    result["seconds"] = time.perf_counter() - started
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, default=float) + "\n")
+        started = time.perf_counter()
+        entry = run_dataset(name, methods, seeds, lambda s: print(s, flush=True))
+        entry.update(seeds=seeds, seconds=time.perf_counter() - started, machine=machine)
+        result["datasets"][name] = entry
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2, default=float) + "\n")
     text = markdown(result)
     print(text)
-    print(f"\n{result['seconds']:.0f} s in all; JSON: {out}")
+    print(f"\nJSON: {out}")
     if doc is not None:
         write_doc(doc, text)
         print(f"tables written into {doc}")
