@@ -29,30 +29,49 @@ from polytask.models import MultiTaskModel  # noqa: E402
 from polytask.models.layers import MLP, TabularInput  # noqa: E402
 
 
-def step_times(name: str, options: dict, n_tasks: int, *, steps: int, args) -> list[float]:
-    torch.manual_seed(0)
-    names = [f"t{i}" for i in range(n_tasks)]
-    tasks = [pt.Task(name=n, kind="regression") for n in names]
-    model = MultiTaskModel(
-        encoder=TabularInput(args.features, [], None),
-        trunk=MLP(args.features, [args.width] * args.depth),
-        out_dims={n: 1 for n in names},
-    )
-    balancer = make_balancer(name, tasks, options)
-    opt = torch.optim.Adam(list(model.parameters()) + balancer.parameters(), lr=1e-3)
-    x = torch.randn(args.batch, args.features)
-    y = torch.randn(args.batch, n_tasks)
-    times = []
-    for i in range(steps + 3):
+class Stepper:
+    """One model + balancer + optimizer on a fixed synthetic batch; ``step()`` times one step."""
+
+    def __init__(self, name: str, options: dict, n_tasks: int, args) -> None:
+        torch.manual_seed(0)
+        self.names = [f"t{i}" for i in range(n_tasks)]
+        tasks = [pt.Task(name=n, kind="regression") for n in self.names]
+        self.model = MultiTaskModel(
+            encoder=TabularInput(args.features, [], None),
+            trunk=MLP(args.features, [args.width] * args.depth),
+            out_dims={n: 1 for n in self.names},
+        )
+        self.balancer = make_balancer(name, tasks, options)
+        params = list(self.model.parameters()) + self.balancer.parameters()
+        self.opt = torch.optim.Adam(params, lr=1e-3)
+        self.x = torch.randn(args.batch, args.features)
+        self.y = torch.randn(args.batch, n_tasks)
+
+    def step(self) -> float:
         started = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        out, h = model(x, packed=True, features=True)
-        losses = dict(zip(names, (out[:, :, 0] - y).pow(2).mean(0).unbind(0), strict=True))
-        balancer.backward(losses, model=model, features=h)
-        opt.step()
-        if i >= 3:  # warm-up steps excluded
-            times.append(time.perf_counter() - started)
-    return times
+        self.opt.zero_grad(set_to_none=True)
+        out, h = self.model(self.x, packed=True, features=True)
+        losses = dict(
+            zip(self.names, (out[:, :, 0] - self.y).pow(2).mean(0).unbind(0), strict=True)
+        )
+        self.balancer.backward(losses, model=self.model, features=h)
+        self.opt.step()
+        return time.perf_counter() - started
+
+
+def paired_times(
+    name: str, options: dict, n_tasks: int, *, steps: int, args
+) -> tuple[list[float], list[float]]:
+    """Step times of ``fixed`` and of the method, taken in alternation (after 3 warm-up steps
+    each) so that drift in the machine's speed hits both alike."""
+    fixed, method = Stepper("fixed", {}, n_tasks, args), Stepper(name, options, n_tasks, args)
+    base, times = [], []
+    for i in range(steps + 3):
+        b, t = fixed.step(), method.step()
+        if i >= 3:
+            base.append(b)
+            times.append(t)
+    return base, times
 
 
 def main() -> None:
@@ -64,7 +83,7 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--depth", type=int, default=3)
     parser.add_argument("--steps", type=int)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="benchmarks/results/balancer_cost.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -80,22 +99,23 @@ def main() -> None:
             runs.append((name, "-", {}))
     results = []
     for n_tasks in sizes:
-        base = statistics.median(step_times("fixed", {}, n_tasks, steps=steps, args=args))
         for name, level, options in runs:
-            times = step_times(name, options, n_tasks, steps=steps, args=args)
-            med = statistics.median(times)
+            base, times = paired_times(name, options, n_tasks, steps=steps, args=args)
+            med, base_med = statistics.median(times), statistics.median(base)
             results.append(
                 {
                     "balancer": name,
                     "level": level,
                     "tasks": n_tasks,
                     "median_ms": 1e3 * med,
-                    "fixed_ms": 1e3 * base,
-                    "ratio": med / base,
+                    "fixed_ms": 1e3 * base_med,
+                    "ratio": med / base_med,
                 }
             )
+            print(f"T={n_tasks:<3} {name:<12} {level:<15} {med / base_med:6.2f}", flush=True)
     header = f"{'balancer':<12} {'level':<15}" + "".join(f"{'T=' + str(t):>8}" for t in sizes)
-    print(f"step time ÷ fixed step time (median of {steps} steps, CPU, {args.threads} threads,")
+    print(f"step time ÷ fixed step time, interleaved (median of {steps} steps, CPU,", end=" ")
+    print(f"{args.threads} threads,")
     print(
         f"MLP {args.features}→{args.width}×{args.depth}, batch {args.batch}, "
         f"torch {torch.__version__})"
