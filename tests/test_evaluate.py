@@ -16,6 +16,7 @@ from polytask.evaluate import (
     mean_std,
     metric_value,
     paired_test,
+    pooled_explained_variance,
     relative_change,
 )
 
@@ -141,3 +142,23 @@ def test_multilabel_metrics_ignore_unlabelled_cells() -> None:
 def test_an_unknown_metric_is_named() -> None:
     with pytest.raises(KeyError, match="metric 'auc' is not defined for regression tasks"):
         metric_value("auc", "regression", np.zeros(3), np.zeros(3))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_pooled_explained_variance_is_r2_of_the_labelled_cells_pooled(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n, tasks = 50, 4
+    owner = rng.integers(0, tasks, n)  # one label per row, like the School data
+    y = np.full((n, tasks), np.nan)
+    y[np.arange(n), owner] = rng.normal(size=n) + 3 * owner  # tasks with different means
+    pred = rng.normal(size=(n, tasks)) + 3 * np.arange(tasks)  # predictions everywhere
+    targets = {f"t{j}": y[:, j] for j in range(tasks)}
+    predictions = {f"t{j}": pred[:, j] for j in range(tasks)}
+    pooled = pooled_explained_variance(targets, predictions)
+    picked = pred[np.arange(n), owner]
+    assert pooled == pytest.approx(skm.r2_score(y[np.arange(n), owner], picked))
+    per_task = np.mean([skm.r2_score(y[owner == j, j], pred[owner == j, j]) for j in range(tasks)])
+    assert pooled > per_task  # the pooled SST also counts the spread between task means
+    one = pooled_explained_variance({"t0": y[:, 0]}, {"t0": pred[:, 0]})
+    keep = owner == 0
+    assert one == pytest.approx(skm.r2_score(y[keep, 0], pred[keep, 0]))

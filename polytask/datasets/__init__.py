@@ -92,4 +92,4 @@ register_dataset(
 __all__ = ["DATASETS", "Dataset", "DatasetInfo", "load_dataset", "package_file", "register_dataset"]
 
 # Loaders in their own modules register themselves on import (after the names above exist).
-from . import macro, multidigits, qm9  # noqa: E402, F401
+from . import macro, multidigits, qm9, school, star  # noqa: E402, F401
