@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pandas as pd
+
 from .config import Config
+from .errors import DataError
 from .io import Run
 from .tasks import Task
 from .train import Splits, fit, resolve_tasks
@@ -29,13 +32,31 @@ def feature_columns(config: Config, splits: Splits) -> list[str]:
     return [c for c in splits.train.columns if c not in targets]
 
 
+def labelled_rows(splits: Splits, task: Task) -> Splits:
+    """The rows of each split where ``task`` has a label (any label, for multilabel tasks)."""
+
+    def keep(frame: pd.DataFrame) -> pd.DataFrame:
+        if not len(frame):
+            return frame
+        present = frame[list(task.columns)].notna().any(axis=1)
+        return frame[present].reset_index(drop=True)
+
+    return Splits(keep(splits.train), keep(splits.validation), keep(splits.test))
+
+
 def fit_stl(
     config: Config,
     splits: Splits,
     *,
     on_task: Callable[[Task], None] | None = None,
 ) -> dict[str, Run]:
-    """Fit one STL network per main task of ``config`` on the given splits."""
+    """Fit one STL network per main task of ``config`` on the given splits.
+
+    Each network sees only the rows where its task is labelled: a single-task learner has no
+    use for the others (they would add zero-loss rows to its batches), and its preprocessing is
+    fitted on its own training rows. Shape, optimizer, epochs and stopping rule are the MTL
+    model's.
+    """
     runs = {}
     features = feature_columns(config, splits)
     for task in resolve_tasks(config):
@@ -43,5 +64,8 @@ def fit_stl(
             continue
         if on_task is not None:
             on_task(task)
-        runs[task.name] = fit(stl_config(config, task, features), splits=splits)
+        own = labelled_rows(splits, task)
+        if not len(own.train):
+            raise DataError(f"task {task.name!r} has no labelled training row")
+        runs[task.name] = fit(stl_config(config, task, features), splits=own)
     return runs

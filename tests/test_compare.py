@@ -56,3 +56,24 @@ def test_compare_needs_a_test_split(tmp_path: Path, frame) -> None:
     config = make_config(tmp_path / "unused.csv", epochs=1)
     with pytest.raises(pt.DataError, match="compare needs a test split"):
         pt.compare(config, seeds=1, splits=splits)
+
+
+def test_each_stl_network_trains_on_its_own_labelled_rows(tmp_path: Path) -> None:
+    from polytask.baselines import fit_stl, labelled_rows
+
+    frame = make_frame(n=200, seed=4, missing=0.4)[FEATURES + ["price", "tag_a", "tag_b"]]
+    splits = make_splits(frame)
+    tags = ALL_TASKS[3]
+    own = labelled_rows(splits, tags)
+    expected = splits.train[["tag_a", "tag_b"]].notna().any(axis=1).sum()
+    assert len(own.train) == expected < len(splits.train)
+    assert own.test[["tag_a", "tag_b"]].notna().any(axis=1).all()
+
+    config = make_config(tmp_path / "unused.csv", [ALL_TASKS[0], tags], epochs=1)
+    runs = fit_stl(config, splits)
+    price_rows = splits.train["price"].notna()
+    # preprocessing of the price network was fitted on the rows labelled for price only
+    assert runs["price"].preprocessor.means[0] == pytest.approx(
+        splits.train.loc[price_rows, FEATURES[0]].mean(), rel=1e-5
+    )
+    assert runs["price"].metrics["test"]["price"]["n"] == splits.test["price"].notna().sum()
