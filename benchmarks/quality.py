@@ -20,7 +20,9 @@ used to choose anything.
 
     python benchmarks/quality.py            # full run: 5 seeds, writes docs/benchmarks.md tables
     python benchmarks/quality.py --quick    # 2 seeds, 2 data sets, 6 methods (a few minutes)
+    python benchmarks/quality.py --datasets star school   # full run of some data sets only
     python benchmarks/quality.py --datasets yeast --methods stl fixed dwa --seeds 3
+    python benchmarks/quality.py --render   # rewrite docs/benchmarks.md from quality.json
 """
 
 from __future__ import annotations
@@ -478,7 +480,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--doc", type=Path, default=None, help="markdown file to update")
+    parser.add_argument(
+        "--render", action="store_true", help="only rewrite the doc from the JSON at --out"
+    )
     args = parser.parse_args(argv)
+    if args.render:
+        out = args.out or ROOT / "benchmarks" / "results" / "quality.json"
+        doc = args.doc or ROOT / "docs" / "benchmarks.md"
+        write_doc(doc, markdown(json.loads(out.read_text())))
+        print(f"tables from {out} written into {doc}")
+        return 0
     torch.set_num_threads(args.threads)
 
     available = [d for d in SETTINGS if d in DATASETS]
