@@ -36,7 +36,7 @@ from .config import (
     Representation,
 )
 from .data import Splits, _class_order, _label_key, _numeric, time_split
-from .errors import DataError
+from .errors import ConfigError, DataError
 from .tasks import Task, check_tasks
 
 #: An integer or text column with at most this many distinct values is inferred multiclass.
@@ -413,6 +413,17 @@ def windows(
     )[0]
 
 
+def forecast_inputs(run: Any, frame: pd.DataFrame) -> pd.DataFrame:
+    """The input table ``run.predict`` expects when ``run`` was trained with ``horizons``: the
+    windows of the raw series ``frame``, one row per time with a full history (latest included)."""
+    spec = run.config.signals.horizons if run.config.signals is not None else None
+    if spec is None:
+        raise ConfigError("this run was not trained with signals.horizons; predict its table as is")
+    return windows(
+        frame, series=spec.series, lags=spec.lags, exogenous=spec.exogenous, time=spec.time
+    )
+
+
 def horizon_splits(
     frame: pd.DataFrame,
     spec: HorizonsSignal,
@@ -524,6 +535,7 @@ __all__ = [
     "empirical_cdf",
     "expand",
     "focus",
+    "forecast_inputs",
     "horizon_splits",
     "horizon_tasks",
     "infer_kind",

@@ -366,3 +366,38 @@ def test_signals_survive_the_yaml_round_trip_and_teacher_paths_resolve(tmp_path)
     (tmp_path / "c.yaml").write_text(config.to_yaml())
     assert pt.load_config(tmp_path / "c.yaml") == config
     assert "signals" not in pt.parse_config({**raw, "signals": None}).to_yaml()
+
+
+def test_cli_fits_a_horizon_config_and_predicts_from_the_raw_series(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from polytask.cli import app
+
+    walk = _walk(120)
+    walk["t"] = np.arange(1000, 1120)
+    horizon = {"series": ["level"], "lags": 2, "horizons": [1, 2], "time": "t"}
+    config = _horizon_config(tmp_path, walk, horizon)
+    (tmp_path / "c.yaml").write_text(config.to_yaml())
+    runner = CliRunner()
+    fitted = runner.invoke(app, ["fit", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "r")])
+    assert fitted.exit_code == 0, fitted.output
+    predicted = runner.invoke(
+        app,
+        [
+            "predict",
+            str(tmp_path / "r"),
+            str(tmp_path / "series.csv"),
+            "-o",
+            str(tmp_path / "p.csv"),
+        ],
+    )
+    assert predicted.exit_code == 0, predicted.output
+    out = pd.read_csv(tmp_path / "p.csv")
+    assert list(out.columns) == ["t", "level_h1", "level_h2"]
+    assert out["t"].tolist() == list(range(1001, 1120))  # every time with 2 lags, latest included
+    run = pt.load(tmp_path / "r")
+    expected = run.predict(signals.forecast_inputs(run, walk))
+    np.testing.assert_allclose(
+        out[["level_h1", "level_h2"]].to_numpy(), expected.to_numpy(), rtol=1e-5
+    )
+    assert run.signals["horizons"]["rows"]["train"] > 0
