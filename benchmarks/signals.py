@@ -84,6 +84,17 @@ def _on_focus_rows(config: pt.Config, seeds: int) -> dict:
     }
 
 
+def _train_mean_rmse(config: pt.Config) -> dict[str, float]:
+    """Test RMSE of the constant forecast "the training mean", per main task: the floor to beat."""
+    splits = pt.load_splits(config)
+    tasks = pt.signals.horizon_tasks(config.signals.horizons)
+    return {
+        t.name: float(np.sqrt(np.nanmean((splits.test[t.name] - splits.train[t.name].mean()) ** 2)))
+        for t in tasks
+        if t.is_main
+    }
+
+
 def run(names: list[str], seeds: int) -> dict:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -107,6 +118,8 @@ def run(names: list[str], seeds: int) -> dict:
                     for task, entry in comparison["tasks"].items()
                 },
             }
+            if name == "horizons":
+                results[name]["train_mean_forecast"] = _train_mean_rmse(config)
             if name.startswith("focus"):
                 results[name]["focus_rows"] = _on_focus_rows(config, seeds)
                 results[name]["seconds"] = time.perf_counter() - started
@@ -132,6 +145,8 @@ def table(results: dict, seeds: int) -> str:
                 f"{_spread(without)} | {_spread(with_)} | "
                 f"{entry['relative_change_percent']:+.1f}% | {entry['p_value']:.3f} |"
             )
+        for task, value in result.get("train_mean_forecast", {}).items():
+            lines.append(f"| {name}, training-mean forecast | {task} | rmse | {value:.4g} | | | |")
         rows = result.get("focus_rows")
         if rows:
             change = (rows["with"]["mean"] - rows["without"]["mean"]) / rows["without"]["mean"]
