@@ -79,6 +79,18 @@ def _with_column(splits: Splits, name: str, make: Callable[[pd.DataFrame], Any])
     return splits.map(add)
 
 
+def _entries(model: Any, entries: Sequence[Any]) -> list[Any]:
+    """Config entries given as column names, mappings or the config model itself."""
+    return [
+        model(column=e)
+        if isinstance(e, str)
+        else model.model_validate(e)
+        if isinstance(e, dict)
+        else e
+        for e in entries
+    ]
+
+
 def _train_values(splits: Splits, column: str, where: str) -> np.ndarray:
     values = _numeric(splits.train[column], f"{where}: column {column!r}")
     values = values[~np.isnan(values)]
@@ -156,12 +168,14 @@ def column_task(
 
 
 def auxiliary_from(
-    splits: Splits, columns: Sequence[str | AuxiliaryColumn], *, where: str = "auxiliary_from"
+    splits: Splits,
+    columns: Sequence[str | dict[str, Any] | AuxiliaryColumn],
+    *,
+    where: str = "auxiliary_from",
 ) -> Signal:
     """Training-only columns as auxiliary tasks; as targets they are never inputs."""
     tasks, state = [], []
-    for i, entry in enumerate(columns):
-        entry = AuxiliaryColumn(column=entry) if isinstance(entry, str) else entry
+    for i, entry in enumerate(_entries(AuxiliaryColumn, columns)):
         signal = column_task(
             splits, entry.column, kind=entry.kind, weight=entry.weight, where=f"{where}[{i}]"
         )
@@ -172,13 +186,15 @@ def auxiliary_from(
 
 
 def promote(
-    splits: Splits, columns: Sequence[str | PromotedColumn], *, where: str = "promote"
+    splits: Splits,
+    columns: Sequence[str | dict[str, Any] | PromotedColumn],
+    *,
+    where: str = "promote",
 ) -> Signal:
     """Features as auxiliary outputs. Not kept: the column becomes the target of a task of the
     same name (and so leaves the inputs). Kept: a copy ``promote:COLUMN`` is the target."""
     tasks, state = [], []
-    for i, entry in enumerate(columns):
-        entry = PromotedColumn(column=entry) if isinstance(entry, str) else entry
+    for i, entry in enumerate(_entries(PromotedColumn, columns)):
         _check_column(splits.train, entry.column, f"{where}[{i}]")
         target = entry.column
         if entry.keep_as_input:
@@ -208,12 +224,12 @@ def empirical_cdf(train: np.ndarray, values: np.ndarray) -> np.ndarray:
 
 
 def represent(
-    splits: Splits, views: Sequence[Representation], *, where: str = "represent"
+    splits: Splits, views: Sequence[dict[str, Any] | Representation], *, where: str = "represent"
 ) -> Signal:
     """Other views of regression targets: ``binned`` (multiclass over train-quantile bins,
     task ``bin:COLUMN``) or ``rank`` (the train-CDF value, task ``rank:COLUMN``)."""
     tasks, state = [], []
-    for i, view in enumerate(views):
+    for i, view in enumerate(_entries(Representation, views)):
         at = f"{where}[{i}]"
         _check_column(splits.train, view.column, at)
         train = _train_values(splits, view.column, at)
@@ -260,11 +276,13 @@ def represent(
     return Signal(splits, tasks, state)
 
 
-def focus(splits: Splits, rules: Sequence[FocusRule], *, where: str = "focus") -> Signal:
+def focus(
+    splits: Splits, rules: Sequence[dict[str, Any] | FocusRule], *, where: str = "focus"
+) -> Signal:
     """Binary auxiliary tasks ``focus:COLUMN`` flagging a rare pattern; quantile thresholds are
     fitted on the training rows."""
     tasks, state, names = [], [], set()
-    for i, rule in enumerate(rules):
+    for i, rule in enumerate(_entries(FocusRule, rules)):
         at = f"{where}[{i}]"
         _check_column(splits.train, rule.column, at)
         kind, value = rule.rule

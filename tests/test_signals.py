@@ -401,3 +401,14 @@ def test_cli_fits_a_horizon_config_and_predicts_from_the_raw_series(tmp_path) ->
         out[["level_h1", "level_h2"]].to_numpy(), expected.to_numpy(), rtol=1e-5
     )
     assert run.signals["horizons"]["rows"]["train"] > 0
+
+
+def test_builders_take_plain_mappings_and_their_tables_train_directly() -> None:
+    splits = make_splits(make_frame(160))
+    signal = signals.represent(splits, [{"column": "price", "as": "rank"}])
+    signal2 = signals.promote(signal.splits, [{"column": "x1", "keep_as_input": True}])
+    tasks = [PRICE, *signal.tasks, *signal2.tasks]
+    config = make_config("unused.csv", tasks, epochs=1, data={"drop": ["aux"]})
+    run = pt.fit(config, splits=signal2.splits)
+    assert [t.name for t in run.tasks] == ["price", "rank:price", "promote:x1"]
+    assert "x1" in run.preprocessor.features
