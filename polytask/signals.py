@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from pydantic import ValidationError
 
 from .config import (
     AuxiliaryColumn,
@@ -34,6 +35,7 @@ from .config import (
     HorizonsSignal,
     PromotedColumn,
     Representation,
+    format_validation_error,
 )
 from .data import Splits, _class_order, _label_key, _numeric, time_split
 from .errors import ConfigError, DataError
@@ -81,14 +83,17 @@ def _with_column(splits: Splits, name: str, make: Callable[[pd.DataFrame], Any])
 
 def _entries(model: Any, entries: Sequence[Any]) -> list[Any]:
     """Config entries given as column names, mappings or the config model itself."""
-    return [
-        model(column=e)
-        if isinstance(e, str)
-        else model.model_validate(e)
-        if isinstance(e, dict)
-        else e
-        for e in entries
-    ]
+    out = []
+    for entry in entries:
+        if isinstance(entry, str):
+            entry = {"column": entry}
+        if isinstance(entry, dict):
+            try:
+                entry = model.model_validate(entry)
+            except ValidationError as exc:
+                raise ConfigError(format_validation_error(exc, model)) from None
+        out.append(entry)
+    return out
 
 
 def _train_values(splits: Splits, column: str, where: str) -> np.ndarray:
@@ -145,8 +150,6 @@ def column_task(
         classes = sorted(seen, key=_class_order)
         if kind == "binary" and seen <= {"0", "1"}:
             classes = ["0", "1"]
-        state["classes"] = classes
-
         if kind == "binary" and len(classes) != 2:
             raise DataError(
                 f"{where}: column {column!r} has {len(classes)} labels in the training rows "
