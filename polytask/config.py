@@ -268,7 +268,7 @@ class Config(_Section):
         return self
 
     def to_yaml(self) -> str:
-        data = self.model_dump(mode="json", by_alias=True, exclude_none=False)
+        data = self.model_dump(mode="json", by_alias=True)
         if data.get("signals") is None:
             data.pop("signals", None)
         return yaml.safe_dump(data, sort_keys=False)
