@@ -14,16 +14,25 @@ compare honestly with single-task baselines::
 
 __version__ = "0.1.0"
 
+from . import signals
 from .balancing import BALANCERS, Balancer, make_balancer, register_balancer
 from .compare import Comparison, compare
-from .config import Config, DataConfig, ModelConfig, TrainConfig, load_config, parse_config
-from .data import Preprocessor, TaskData, read_table, split_indices
+from .config import (
+    Config,
+    DataConfig,
+    ModelConfig,
+    SignalsConfig,
+    TrainConfig,
+    load_config,
+    parse_config,
+)
+from .data import Preprocessor, Splits, TaskData, read_table, split_indices
 from .datasets import DATASETS, load_dataset
 from .errors import ConfigError, DataError, PolytaskError, RunError
 from .io import Run, load
 from .models import ARCHITECTURES, MLP, MultiTaskModel, build_model
 from .tasks import KINDS, Task
-from .train import Splits, Trainer, fit, load_splits
+from .train import Trainer, fit, load_splits
 
 __all__ = [
     "ARCHITECTURES",
@@ -43,6 +52,7 @@ __all__ = [
     "Preprocessor",
     "Run",
     "RunError",
+    "SignalsConfig",
     "Splits",
     "Task",
     "TaskData",
@@ -60,5 +70,6 @@ __all__ = [
     "parse_config",
     "read_table",
     "register_balancer",
+    "signals",
     "split_indices",
 ]

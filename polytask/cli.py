@@ -104,13 +104,22 @@ def predict(
     data: Path = typer.Argument(..., help="CSV or Parquet file with the feature columns."),
     out: Path = typer.Option(..., "--out", "-o", help="CSV file to write."),
 ) -> None:
-    """Predict every main task for the rows of DATA (row order kept)."""
+    """Predict every main task for the rows of DATA (row order kept). For a run trained with
+    signals.horizons, DATA is the raw series: one prediction per time with a full history."""
     from .data import read_table
     from .io import load
 
     run = load(run_dir)
-    predictions = run.predict(read_table(data))
-    predictions.to_csv(out, index=False)
+    frame = read_table(data)
+    horizons = run.config.signals.horizons if run.config.signals is not None else None
+    if horizons is not None:
+        from .signals import forecast_inputs
+
+        frame = forecast_inputs(run, frame)
+    predictions = run.predict(frame)
+    # a forecast row is named by its time (the ``time`` column, else the row of DATA)
+    label = (horizons.time or "row") if horizons is not None else None
+    predictions.to_csv(out, index=horizons is not None, index_label=label)
     console.print(f"{len(predictions)} rows × {predictions.shape[1]} columns written to {out}")
 
 

@@ -21,6 +21,7 @@ from .evaluate import (
     paired_test,
     relative_change,
 )
+from .signals import expand
 from .tasks import Task
 from .train import Splits, fit, load_splits, resolve_tasks
 
@@ -121,7 +122,8 @@ def compare(
 ) -> Comparison:
     """Train STL and MTL with the same splits, budget and early stopping for each seed and
     score both on the test split. Seed ``s`` sets ``train.seed`` (init and batch order); the
-    split stays fixed."""
+    split stays fixed. Signals are applied once; their tasks are auxiliary (no baseline) except
+    the main ``horizons`` tasks, so with one main task STL is the no-signal model."""
     seed_list = (
         list(range(config.train.seed, config.train.seed + seeds))
         if isinstance(seeds, int)
@@ -129,9 +131,14 @@ def compare(
     )
     if splits is None:
         splits = load_splits(config, frame)
+    tasks = resolve_tasks(config)
+    if config.signals is not None:
+        # applied once: every MTL seed and every STL baseline sees the same tables
+        expanded = expand(config, splits, tasks)
+        config, splits = expanded.config, expanded.splits
+        tasks = resolve_tasks(config)
     if len(splits.test) == 0:
         raise DataError("compare needs a test split: give data.test or data.test_fraction > 0")
-    tasks = resolve_tasks(config)
     result = Comparison(tasks=tasks, seeds=seed_list)
     result.scores = {m: {t.name: [] for t in tasks if t.is_main} for m in ("stl", "mtl")}
     result.seconds = {"stl": 0.0, "mtl": 0.0}

@@ -19,7 +19,7 @@ from pydantic import (
 )
 
 from .errors import ConfigError, one_of
-from .tasks import Task, check_tasks
+from .tasks import KINDS, Task, check_tasks
 
 
 class _Section(BaseModel):
@@ -125,24 +125,153 @@ class TrainConfig(_Section):
         return options
 
 
+def _known_kind(kind: str | None) -> str | None:
+    if kind is not None and kind not in KINDS:
+        raise ValueError(f"{kind!r} is not a task kind ({one_of(KINDS)})")
+    if kind == "multilabel":
+        raise ValueError("a signal column makes one task: regression, binary, multiclass or count")
+    return kind
+
+
+class AuxiliaryColumn(_Section):
+    """A training-only column turned into an auxiliary task (kind inferred when not given)."""
+
+    column: str
+    kind: str | None = None
+    weight: float = Field(default=1.0, ge=0.0)
+
+    _kind = field_validator("kind")(_known_kind)
+
+
+class PromotedColumn(_Section):
+    """A feature turned into an auxiliary output, optionally kept as an input as well."""
+
+    column: str
+    keep_as_input: bool = False
+    kind: str | None = None
+    weight: float = Field(default=1.0, ge=0.0)
+
+    _kind = field_validator("kind")(_known_kind)
+
+
+class HorizonsSignal(_Section):
+    """Windows over time-ordered series: lags as inputs, values ``h`` steps ahead as tasks."""
+
+    series: list[str] = Field(min_length=1)
+    lags: PositiveInt
+    horizons: list[PositiveInt] = Field(min_length=1)
+    target: list[str] | None = None
+    exogenous: list[str] = Field(default_factory=list)
+    time: str | None = None
+    auxiliary_weight: float = Field(default=1.0, ge=0.0)
+
+    @field_validator("target", mode="before")
+    @classmethod
+    def _one_or_more(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _targets_are_series(self) -> HorizonsSignal:
+        unknown = [c for c in self.target or [] if c not in self.series]
+        if unknown:
+            raise ValueError(f"target {unknown} must be among the series ({one_of(self.series)})")
+        if len(set(self.horizons)) != len(self.horizons):
+            raise ValueError(f"horizons {self.horizons} repeat a value")
+        return self
+
+
+class Representation(_Section):
+    """Another view of a regression target: quantile bins (multiclass) or its rank in [0, 1]."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    column: str
+    as_: Literal["binned", "rank"] = Field(alias="as")
+    bins: int = Field(default=5, ge=2)
+    weight: float = Field(default=1.0, ge=0.0)
+
+
+class FocusRule(_Section):
+    """A binary auxiliary task flagging a rare pattern; give exactly one rule."""
+
+    column: str
+    above_quantile: float | None = Field(default=None, gt=0.0, lt=1.0)
+    below_quantile: float | None = Field(default=None, gt=0.0, lt=1.0)
+    above: float | None = None
+    below: float | None = None
+    equals: str | int | float | bool | None = None
+    weight: float = Field(default=1.0, ge=0.0)
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> FocusRule:
+        given = [k for k in RULES if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one rule ({one_of(RULES)}), got {given or 'none'}")
+        return self
+
+    @property
+    def rule(self) -> tuple[str, Any]:
+        return next((k, getattr(self, k)) for k in RULES if getattr(self, k) is not None)
+
+
+RULES = ("above_quantile", "below_quantile", "above", "below", "equals")
+
+
+class SignalsConfig(_Section):
+    """Extra training signals, each turned into tasks on the raw tables (see docs/signals.md)."""
+
+    auxiliary_from: list[AuxiliaryColumn] = Field(default_factory=list)
+    promote: list[PromotedColumn] = Field(default_factory=list)
+    horizons: HorizonsSignal | None = None
+    represent: list[Representation] = Field(default_factory=list)
+    focus: list[FocusRule] = Field(default_factory=list)
+    teacher: Path | list[Path] | None = None
+    teacher_weight: float = Field(default=1.0, ge=0.0)
+
+    @field_validator("auxiliary_from", "promote", mode="before")
+    @classmethod
+    def _column_names(cls, entries: Any) -> Any:
+        if isinstance(entries, list):
+            return [{"column": e} if isinstance(e, str) else e for e in entries]
+        return entries
+
+    @property
+    def teachers(self) -> list[Path]:
+        if self.teacher is None:
+            return []
+        return list(self.teacher) if isinstance(self.teacher, list) else [self.teacher]
+
+
 class Config(_Section):
-    """A whole experiment: data, tasks, model and training."""
+    """A whole experiment: data, tasks, model, training and extra signals."""
 
     data: DataConfig
     tasks: list[Task] | None = None
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    signals: SignalsConfig | None = None
 
     @model_validator(mode="after")
     def _tasks_given(self) -> Config:
-        if self.tasks is None and self.data.dataset is None:
-            raise ValueError("tasks: a list of tasks is needed unless data.dataset is set")
-        if self.tasks is not None:
+        horizons = self.signals is not None and self.signals.horizons is not None
+        if self.tasks is None and self.data.dataset is None and not horizons:
+            raise ValueError(
+                "tasks: a list of tasks is needed unless data.dataset or signals.horizons is set"
+            )
+        if horizons and (self.data.dataset or self.data.validation or self.data.test):
+            raise ValueError(
+                "signals.horizons splits data.train by time; data.dataset, data.validation and "
+                "data.test cannot be given with it"
+            )
+        if self.tasks is not None and not horizons:
             check_tasks(self.tasks)
         return self
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+        data = self.model_dump(mode="json", by_alias=True)
+        if data.get("signals") is None:
+            data.pop("signals", None)
+        return yaml.safe_dump(data, sort_keys=False)
 
 
 def _location(loc: tuple[Any, ...]) -> str:
@@ -209,6 +338,13 @@ def parse_config(data: Any, *, base_dir: Path | None = None) -> Config:
             path = getattr(config.data, key)
             if path is not None and not path.is_absolute():
                 setattr(config.data, key, (base_dir / path).resolve())
+        if config.signals is not None and config.signals.teacher is not None:
+            resolved = [
+                p if p.is_absolute() else (base_dir / p).resolve() for p in config.signals.teachers
+            ]
+            config.signals.teacher = (
+                resolved if isinstance(config.signals.teacher, list) else resolved[0]
+            )
     return config
 
 

@@ -647,6 +647,43 @@ class _Stacked:
         )
 
 
+@dataclass
+class Splits:
+    """The three tables of an experiment (validation and test may be empty)."""
+
+    train: pd.DataFrame
+    validation: pd.DataFrame
+    test: pd.DataFrame
+
+    def __iter__(self) -> Iterator[pd.DataFrame]:
+        return iter((self.train, self.validation, self.test))
+
+    def map(self, fn: Any) -> Splits:
+        """``fn`` applied to each table."""
+        return Splits(fn(self.train), fn(self.validation), fn(self.test))
+
+
+def time_split(
+    times: Any, *, validation_start: Any, test_start: Any, reach: int, lookback: int = 0
+) -> dict[str, np.ndarray]:
+    """Row indices of a split by time, never shuffled, with a gap before each cut.
+
+    Row ``t`` has inputs back to ``t - lookback`` and targets up to ``t + reach``. Validation
+    rows start at ``validation_start`` and test rows at ``test_start``; a train (validation) row
+    is kept only when its last target comes before the earliest input of the first validation
+    (test) row, so no target of an earlier split is an input of a later one. ``times`` are
+    integers or pandas Periods (anything that adds an integer).
+    """
+    times = pd.Index(times)
+    last_target = times + reach
+    periods = {
+        "train": last_target < validation_start - lookback,
+        "validation": (times >= validation_start) & (last_target < test_start - lookback),
+        "test": times >= test_start,
+    }
+    return {k: np.flatnonzero(np.asarray(mask)) for k, mask in periods.items()}
+
+
 def split_indices(
     n: int, *, seed: int, validation: float, test: float = 0.0
 ) -> dict[str, np.ndarray]:

@@ -2,7 +2,8 @@
 loading never unpickles, so opening a run never executes code from it.
 
 A run directory holds ``config.yaml``, ``model.safetensors``, ``model.json`` (architecture),
-``preprocess.json``, ``tasks.json``, ``metrics.json``, ``history.csv`` and ``plots/``.
+``preprocess.json``, ``tasks.json``, ``metrics.json``, ``history.csv``, ``plots/`` and, when the
+config has signals, ``signals.json`` (what they fitted on the training table).
 """
 
 from __future__ import annotations
@@ -99,6 +100,7 @@ class Run:
     metrics: dict[str, Any] = field(default_factory=dict)
     directory: Path | None = None
     custom_trunk: bool = False
+    signals: dict[str, Any] | None = None  # what the config's signals fitted (signals.json)
 
     @property
     def tasks(self) -> list[Task]:
@@ -201,6 +203,8 @@ class Run:
         write_json(directory / "tasks.json", [t.model_dump() for t in self.tasks])
         _atomic_write(directory / "config.yaml", self.config.to_yaml())
         write_json(directory / "metrics.json", self.metrics)
+        if self.signals is not None:
+            write_json(directory / "signals.json", self.signals)
         if self.history is not None and len(self.history):
             self.history.to_csv(directory / "history.csv", index=False)
             from .report import plot_learning_curves, plot_weights
@@ -260,6 +264,9 @@ def load(directory: str | Path, *, trunk: Trunk | None = None) -> Run:
     metrics = (
         _read_json(directory / "metrics.json") if (directory / "metrics.json").is_file() else {}
     )
+    signals = (
+        _read_json(directory / "signals.json") if (directory / "signals.json").is_file() else None
+    )
     return Run(
         config=config,
         model=model,
@@ -268,6 +275,7 @@ def load(directory: str | Path, *, trunk: Trunk | None = None) -> Run:
         metrics=metrics,
         directory=directory,
         custom_trunk=bool(meta.get("custom_trunk")),
+        signals=signals,
     )
 
 

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from . import io
 from .balancing import Balancer, make_balancer
 from .config import Config, TrainConfig
-from .data import Preprocessor, TaskData, read_table, split_indices
+from .data import Preprocessor, Splits, TaskData, read_table, split_indices
 from .errors import ConfigError, RunError
 from .losses import TaskLosses, TaskLossValues
 from .models import MultiTaskModel, Trunk, build_model
@@ -326,18 +326,12 @@ class Trainer:
 
 
 # ---- the fit entry point ----------------------------------------------------------------
-@dataclass
-class Splits:
-    """The three tables of an experiment (validation and test may be empty)."""
-
-    train: pd.DataFrame
-    validation: pd.DataFrame
-    test: pd.DataFrame
-
-
 def resolve_tasks(config: Config) -> list[Task]:
+    """The config's own tasks: its list, else the data set's; signals add theirs in ``fit``."""
     if config.tasks is not None:
         return list(config.tasks)
+    if config.data.dataset is None:  # signals.horizons makes the tasks
+        return []
     from .datasets import load_dataset
 
     return load_dataset(config.data.dataset).tasks  # type: ignore[arg-type]
@@ -345,7 +339,8 @@ def resolve_tasks(config: Config) -> list[Task]:
 
 def load_splits(config: Config, frame: pd.DataFrame | None = None) -> Splits:
     """The fixed train/validation/test tables for a config: its files or registered data set,
-    or ``frame`` in place of ``data.train`` (split by the config's fractions and seed)."""
+    or ``frame`` in place of ``data.train`` (split by the config's fractions and seed). With
+    ``signals.horizons`` the table is windowed and split by time (``signals.horizon_splits``)."""
     data = config.data
     if frame is None and data.dataset is None and data.train is None:
         raise ConfigError("data: give data.train (a CSV or Parquet file) or data.dataset")
@@ -362,6 +357,15 @@ def load_splits(config: Config, frame: pd.DataFrame | None = None) -> Splits:
         )
     source = frame if frame is not None else read_table(data.train)  # type: ignore[arg-type]
     train = source.drop(columns=data.drop, errors="ignore")
+    if config.signals is not None and config.signals.horizons is not None:
+        from .signals import horizon_splits
+
+        return horizon_splits(
+            train,
+            config.signals.horizons,
+            validation_fraction=data.validation_fraction,
+            test_fraction=data.test_fraction,
+        )
     test = read_table(data.test).drop(columns=data.drop, errors="ignore") if data.test else None
     validation = (
         read_table(data.validation).drop(columns=data.drop, errors="ignore")
@@ -421,14 +425,23 @@ def fit(
     """Train the configured multi-task model and return the run (saved to ``out`` if given).
 
     ``frame`` stands in for ``data.train``; ``splits`` overrides the data altogether (used by
-    ``compare`` so every model sees the same tables); ``trunk`` plugs in a user's own shared
-    ``nn.Module``, or a factory called with the encoded input width.
+    ``compare`` so every model sees the same tables); ``config.signals`` are applied to the
+    tables (fitted on the training table) and saved in the run; ``trunk`` plugs in a user's own
+    shared ``nn.Module``, or a factory called with the encoded input width.
     """
     init_distributed()
     tasks = resolve_tasks(config)
     if splits is None:
         splits = load_splits(config, frame)
-    preprocessor, encoded = prepare(config, splits, tasks)
+    signals: dict[str, Any] | None = None
+    trained = config
+    if config.signals is not None:
+        from .signals import expand
+
+        expanded = expand(config, splits, tasks)
+        trained, splits, signals = expanded.config, expanded.splits, expanded.state
+        tasks = resolve_tasks(trained)
+    preprocessor, encoded = prepare(trained, splits, tasks)
     torch.manual_seed(config.train.seed)
     model = build_model(
         config.model,
@@ -451,6 +464,7 @@ def fit(
         preprocessor=preprocessor,
         history=history.to_frame(),
         custom_trunk=trunk is not None,
+        signals=signals,
     )
     run.metrics = {
         "best_epoch": history.best_epoch,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ..data import time_split
 from ..tasks import Task
 from . import Dataset, DatasetInfo, package_file, register_dataset
 
@@ -36,14 +37,27 @@ def _change(series: pd.Series, name: str, periods: int) -> pd.Series:
     return 100 * (logs - logs.shift(periods))
 
 
-def _load() -> Dataset:
+def _raw() -> pd.DataFrame:
     raw = pd.read_csv(package_file("statsmodels", "datasets/macrodata/macrodata.csv", extra=EXTRA))
     quarters = pd.PeriodIndex.from_fields(
         year=raw["year"].astype(int), quarter=raw["quarter"].astype(int), freq="Q"
     )
-    raw = raw.set_index(quarters).rename_axis("quarter")
+    return raw.set_index(quarters).rename_axis("quarter")
+
+
+def quarterly() -> pd.DataFrame:
+    """One row per quarter (1959Q1-2009Q3, time-ordered): the quarter-on-quarter change of each
+    series (log growth in percent for real aggregates, money and prices; levels for rates).
+    The first quarter has no change and is NaN for the growth series."""
+    raw = _raw()
     current = {name: _change(raw[name], name, 1) for name in GROWTH}
     current |= {name: raw[name] for name in LEVELS}
+    return pd.DataFrame(current)
+
+
+def _load() -> Dataset:
+    raw = _raw()
+    current = dict(quarterly().items())
     columns = {
         f"{name}_lag{lag}": values.shift(lag)
         for name, values in current.items()
@@ -54,13 +68,9 @@ def _load() -> Dataset:
             columns[f"{name}_h{h}"] = _change(raw[name], name, h).shift(-h)
     frame = pd.DataFrame(columns).dropna()
     # a row's targets reach max(HORIZONS) quarters ahead: end each split that far before the cut
-    reach = frame.index + max(HORIZONS)
-    periods = {
-        "train": reach < VALIDATION_START,
-        "validation": (frame.index >= VALIDATION_START) & (reach < TEST_START),
-        "test": frame.index >= TEST_START,
-    }
-    splits = {k: np.flatnonzero(mask) for k, mask in periods.items()}
+    splits = time_split(
+        frame.index, validation_start=VALIDATION_START, test_start=TEST_START, reach=max(HORIZONS)
+    )
     tasks = [Task(name=f"{name}_h{h}", kind="regression") for name in TARGETS for h in HORIZONS]
     return Dataset("macro", frame, tasks, splits)
 
