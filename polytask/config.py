@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,6 +21,13 @@ from pydantic import (
 
 from .errors import ConfigError, one_of
 from .tasks import KINDS, Task, check_tasks
+
+
+def _known(name: str, registry: Mapping[str, Any], what: str) -> str:
+    """``name`` if the registry has it, else the error listing what it has."""
+    if name not in registry:
+        raise ValueError(f"{name!r} is not {what} ({one_of(registry)})")
+    return name
 
 
 class _Section(BaseModel):
@@ -69,18 +77,14 @@ class ModelConfig(_Section):
     def _known_architecture(cls, name: str) -> str:
         from .models import ARCHITECTURES
 
-        if name not in ARCHITECTURES:
-            raise ValueError(f"{name!r} is not an architecture ({one_of(ARCHITECTURES)})")
-        return name
+        return _known(name, ARCHITECTURES, "an architecture")
 
     @field_validator("activation")
     @classmethod
     def _known_activation(cls, name: str) -> str:
         from .models.layers import ACTIVATIONS
 
-        if name not in ACTIVATIONS:
-            raise ValueError(f"{name!r} is not an activation ({one_of(ACTIVATIONS)})")
-        return name
+        return _known(name, ACTIVATIONS, "an activation")
 
 
 class TrainConfig(_Section):
@@ -106,9 +110,7 @@ class TrainConfig(_Section):
     def _known_balancer(cls, name: str) -> str:
         from .balancing import BALANCERS
 
-        if name not in BALANCERS:
-            raise ValueError(f"{name!r} is not a balancer ({one_of(BALANCERS)})")
-        return name
+        return _known(name, BALANCERS, "a balancer")
 
     @field_validator("balancer_options")
     @classmethod

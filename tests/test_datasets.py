@@ -30,6 +30,14 @@ R_EXPECTED = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _no_memory(monkeypatch) -> None:
+    """Each test loads through the loaders (load_dataset otherwise keeps data sets in memory)."""
+    from polytask import datasets
+
+    monkeypatch.setattr(datasets, "_LOADED", {})
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     """A private feature cache, so the tests neither read nor write the user's."""
@@ -176,19 +184,41 @@ def test_qm9_small_features_from_geometry(loaded) -> None:
 
 def test_qm9_small_is_the_same_without_the_cache(loaded, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("POLYTASK_CACHE_DIR", str(tmp_path / "fresh"))
-    fresh = load_dataset("qm9_small")
+    load = DATASETS["qm9_small"].loader  # the loader itself: load_dataset keeps it in memory
+    fresh = load()
     assert list((tmp_path / "fresh").iterdir())  # written ...
     pd.testing.assert_frame_equal(fresh.frame, loaded["qm9_small"].frame)
-    cached = load_dataset("qm9_small")  # ... and read back identically
+    cached = load()  # ... and read back identically
     pd.testing.assert_frame_equal(cached.frame, fresh.frame)
 
 
 def test_a_corrupt_cache_entry_is_recomputed(loaded, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("POLYTASK_CACHE_DIR", str(tmp_path))
-    load_dataset("qm9_small")
+    load = DATASETS["qm9_small"].loader
+    load()
     (entry,) = tmp_path.iterdir()
     entry.write_bytes(b"not an npz")
-    pd.testing.assert_frame_equal(load_dataset("qm9_small").frame, loaded["qm9_small"].frame)
+    pd.testing.assert_frame_equal(load().frame, loaded["qm9_small"].frame)
+
+
+def test_a_data_set_is_loaded_once_and_handed_out_as_copies(monkeypatch) -> None:
+    import dataclasses
+
+    calls = []
+    info = DATASETS["macro"]
+
+    def counting():
+        calls.append(1)
+        return info.loader()
+
+    monkeypatch.setitem(DATASETS, "macro", dataclasses.replace(info, loader=counting))
+    first = load_dataset("macro")
+    first.frame.iloc[:, 0] = np.nan  # a caller scribbling on its copy ...
+    first.splits["train"][:] = 0
+    second = load_dataset("macro")
+    assert len(calls) == 1
+    assert second.frame.iloc[:, 0].notna().all()  # ... changes nothing for the next one
+    assert len(np.unique(second.splits["train"])) == len(second.splits["train"])
 
 
 @pytest.mark.parametrize("name", BENCHMARKS)

@@ -102,3 +102,15 @@ def test_a_trunk_that_does_not_fit_the_input_is_a_config_error() -> None:
             out_dims=OUT_DIMS,
             trunk=nn.Sequential(nn.Linear(5, 2)),
         )
+
+
+@pytest.mark.parametrize("hidden", [[], [4]])
+@pytest.mark.parametrize("out_dims", [{"a": 1, "b": 1}, {"a": 3, "b": 2}])
+def test_head_gradients_have_the_parameters_strides(out_dims, hidden) -> None:
+    """DistributedDataParallel copies .grad into buckets laid out like the parameters."""
+    from polytask.models import TaskHeads
+
+    heads = TaskHeads(8, hidden, out_dims)
+    heads(torch.randn(5, 8)).sum().backward()
+    for p in heads.parameters():
+        assert p.grad.stride() == p.stride()

@@ -47,11 +47,26 @@ def register_dataset(info: DatasetInfo) -> None:
     DATASETS[info.name] = info
 
 
+_LOADED: dict[str, Dataset] = {}
+_KEEP = 4  # data sets kept in memory: a fit asks for the tasks and the split separately
+
+
 def load_dataset(name: str) -> Dataset:
-    """Load a registered data set by name."""
+    """Load a registered data set by name (a fresh copy; loaded once per process)."""
     if name not in DATASETS:
         raise DataError(f"dataset {name!r} is not known ({', '.join(DATASETS)})")
-    return DATASETS[name].loader()
+    if name not in _LOADED:
+        if len(_LOADED) >= _KEEP:
+            _LOADED.pop(next(iter(_LOADED)))
+        _LOADED[name] = DATASETS[name].loader()
+    ds = _LOADED[name]
+    return Dataset(
+        name=ds.name,
+        frame=ds.frame.copy(),
+        tasks=[t.model_copy() for t in ds.tasks],
+        splits={k: v.copy() for k, v in ds.splits.items()},
+        categorical=list(ds.categorical),
+    )
 
 
 def package_file(package: str, relative: str, *, extra: str | None = None) -> Path:

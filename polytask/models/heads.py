@@ -56,7 +56,10 @@ class TaskHeads(nn.Module):
             if h.dim() == 2:
                 # Shared input: one wide matmul, (N, d) @ (d, T*o) -> (N, T, o).
                 n_tasks, fan_in, fan_out = weight.shape
-                flat = weight.permute(1, 0, 2).reshape(fan_in, n_tasks * fan_out)
+                if fan_out == 1:  # its backward then gives .grad the parameter's own strides,
+                    flat = weight[:, :, 0].t()  # which DistributedDataParallel's buckets expect
+                else:
+                    flat = weight.permute(1, 0, 2).reshape(fan_in, n_tasks * fan_out)
                 h = (h @ flat).view(h.shape[0], n_tasks, fan_out) + bias
             else:
                 h = torch.einsum("ntd,tdo->nto", h, weight) + bias
