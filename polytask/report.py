@@ -64,12 +64,25 @@ def plot_weights(history: pd.DataFrame, directory: Path, *, balancer: str = "") 
     plt = _pyplot()
     directory.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
-    for column in columns:
-        ax.plot(history["epoch"], history[column], marker=".", label=column.removeprefix("weight/"))
-    ax.set_title(f"task weights per epoch{f' ({balancer})' if balancer else ''}")
+    # beyond 10 tasks the default cycle repeats colours; tab20 keeps 20 apart, then line styles
+    colours = plt.get_cmap("tab10" if len(columns) <= 10 else "tab20").colors
+    for i, column in enumerate(columns):
+        ax.plot(
+            history["epoch"],
+            history[column],
+            marker=".",
+            color=colours[i % len(colours)],
+            linestyle=("-", "--", ":")[(i // len(colours)) % 3],
+            label=column.removeprefix("weight/"),
+        )
+    suffix = f" ({balancer})" if balancer else ""
+    if len(columns) > 30:  # a legend of hundreds of tasks would hide the plot
+        ax.set_title(f"task weights per epoch, {len(columns)} tasks{suffix}")
+    else:
+        ax.set_title(f"task weights per epoch{suffix}")
+        ax.legend(fontsize=8, ncol=2)
     ax.set_xlabel("epoch")
     ax.set_ylabel("mean weight per step")
-    ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()
     path = directory / "weights.png"
     fig.savefig(path, dpi=100)
