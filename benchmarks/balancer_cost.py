@@ -54,7 +54,7 @@ class Stepper:
         losses = dict(
             zip(self.names, (out[:, :, 0] - self.y).pow(2).mean(0).unbind(0), strict=True)
         )
-        self.balancer.backward(losses, model=self.model, features=h)
+        self.balancer.backward(losses, model=self.model, features=h, outputs=out)
         self.opt.step()
         return time.perf_counter() - started
 

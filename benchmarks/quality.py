@@ -143,7 +143,12 @@ class TorchJDUPGrad(Balancer):
     sets_grads = True
 
     def backward(
-        self, losses: Mapping[str, Tensor], *, model: nn.Module, features: Tensor | None = None
+        self,
+        losses: Mapping[str, Tensor],
+        *,
+        model: nn.Module,
+        features: Tensor | None = None,
+        outputs: Tensor | None = None,
     ) -> dict[str, float]:
         from torchjd.aggregation import UPGrad
         from torchjd.autojac import jac_to_grad, mtl_backward

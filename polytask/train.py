@@ -289,7 +289,9 @@ class Trainer:
                     else:
                         packed, features = self.net(batch.x_num, batch.x_cat, packed=True), None
                 losses = self.losses(packed.float(), batch.targets, batch.masks)
-                weights = self.balancer.backward(losses, model=self.model, features=features)
+                weights = self.balancer.backward(
+                    losses, model=self.model, features=features, outputs=packed
+                )
             if self.world_size > 1:
                 own = self.balancer.parameters()
                 self._average_grads(

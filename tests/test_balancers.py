@@ -178,6 +178,69 @@ def test_per_task_gradients_come_from_one_batched_jacobian(monkeypatch) -> None:
     assert calls == [True, True]
 
 
+def test_with_the_head_outputs_one_batched_call_remains(monkeypatch) -> None:
+    from polytask.balancing import jacobian
+
+    calls: list[bool] = []
+    original = torch.autograd.grad
+
+    def counting(*args, **kwargs):
+        calls.append(bool(kwargs.get("is_grads_batched")))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(jacobian.torch.autograd, "grad", counting)
+    names = [f"t{i}" for i in range(6)]
+    model = _model(4, names)
+    balancer = make_balancer("pcgrad", _tasks(6))
+    packed, h = model(torch.randn(16, 4), packed=True, features=True)
+    losses = {n: packed[:, i].pow(2).mean() for i, n in enumerate(names)}
+    balancer.backward(losses, model=model, features=h, outputs=packed)
+    # ∂L/∂outputs and the heads' gradient by plain backward, ∂L_i/∂h by one einsum (linear
+    # heads), then the one batched pull-back through the trunk
+    assert calls == [False, False, True]
+
+
+@pytest.mark.parametrize("head", [[], [5]])
+@pytest.mark.parametrize("level", ["parameters", "representation"])
+def test_the_head_outputs_path_gives_the_same_gradients(head: list[int], level: str) -> None:
+    """Skipping the losses in the batched backward changes nothing: same Jacobian, same step."""
+    x = torch.randn(24, 4, generator=torch.Generator().manual_seed(3))
+    y = torch.randn(24, 4, generator=torch.Generator().manual_seed(4))
+    mask = torch.zeros(24, dtype=torch.bool)  # task "c" has no label in this batch
+    grads, weights = [], []
+    for with_outputs in (False, True):
+        torch.manual_seed(0)
+        model = MultiTaskModel(
+            encoder=TabularInput(4, [], None),
+            trunk=MLP(4, [8]),
+            out_dims={"a": 1, "b": 3, "c": 1, "d": 2},
+            head=head,
+        )
+        packed, h = model(x, packed=True, features=True)
+        losses = {
+            "a": (packed[:, 0, 0] - y[:, 0]).pow(2).mean(),
+            "b": torch.nn.functional.cross_entropy(packed[:, 1, :3], (y[:, 1] > 0).long()),
+            "c": pt.losses.masked_mean(packed[:, 2, 0] ** 2, mask),
+            "d": (packed[:, 3, :2] - y[:, 2:]).abs().mean(),
+        }
+        order = ["d", "a", "c", "b"]  # losses need not come in the heads' order
+        tasks = [pt.Task(name=n, kind="regression", weight=1.0 + i) for i, n in enumerate(order)]
+        balancer = make_balancer("upgrad", tasks, {"level": level})
+        w = balancer.backward(
+            {n: losses[n] for n in order},
+            model=model,
+            features=h,
+            outputs=packed if with_outputs else None,
+        )
+        weights.append(w)
+        grads.append([p.grad.clone() for p in model.parameters()])
+    assert weights[0].keys() == weights[1].keys() and weights[1]["c"] == 0.0
+    for n in weights[0]:
+        assert weights[0][n] == pytest.approx(weights[1][n], rel=1e-4, abs=1e-6)
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("name", sorted(n for n, c in BALANCERS.items() if c.sets_grads))
 @pytest.mark.parametrize("level", ["parameters", "representation"])
 def test_a_task_without_labels_changes_nothing(name: str, level: str) -> None:

@@ -92,7 +92,12 @@ class _Aggregation(Balancer):
         return w, w @ matrix
 
     def backward(
-        self, losses: Mapping[str, Tensor], *, model: nn.Module, features: Tensor | None = None
+        self,
+        losses: Mapping[str, Tensor],
+        *,
+        model: nn.Module,
+        features: Tensor | None = None,
+        outputs: Tensor | None = None,
     ) -> dict[str, float]:
         if features is None:
             raise ValueError(f"balancer {self.name!r} needs the shared features h")
@@ -102,8 +107,15 @@ class _Aggregation(Balancer):
         heads = model.head_parameters()
         shared = model.shared_parameters()
         by_params = self.options.level == "parameters"
+        fast = outputs is not None and hasattr(model, "heads")
         jac = task_jacobian(
-            stacked, features, head_params=heads, shared_params=shared if by_params else None
+            stacked,
+            features,
+            head_params=heads,
+            shared_params=shared if by_params else None,
+            outputs=outputs if fast else None,
+            heads=model.heads if fast else None,
+            slots=[model.heads.names.index(n) for n in names] if fast else None,
         )
         add_grads(heads, jac.head_grads)
         weights = {n: 0.0 for n in names}

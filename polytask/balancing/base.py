@@ -47,9 +47,19 @@ class Balancer:
         return []
 
     def backward(
-        self, losses: Mapping[str, Tensor], *, model: nn.Module, features: Tensor | None = None
+        self,
+        losses: Mapping[str, Tensor],
+        *,
+        model: nn.Module,
+        features: Tensor | None = None,
+        outputs: Tensor | None = None,
     ) -> dict[str, float]:
-        """Accumulate the step's gradients; return the task weights used (for logging)."""
+        """Accumulate the step's gradients; return the task weights used (for logging).
+
+        ``features`` is the shared representation h (given when ``needs_features``);
+        ``outputs`` the packed head outputs ``(N, T, o)`` the losses were computed from, which
+        lets the Jacobian engine skip the losses in its batched backward.
+        """
         raise NotImplementedError
 
     def end_epoch(self, train_losses: Mapping[str, float]) -> None:

@@ -45,18 +45,32 @@ def task_jacobian(
     *,
     head_params: Sequence[nn.Parameter],
     shared_params: Sequence[nn.Parameter] | None,
+    outputs: Tensor | None = None,
+    heads: nn.Module | None = None,
+    slots: Sequence[int] | None = None,
 ) -> TaskJacobian:
     """The Jacobian of ``losses`` w.r.t. h (``shared_params`` None) or the shared parameters.
+
+    With the packed head ``outputs`` (N, T_heads, o) of ``heads`` and the slot of each loss in
+    them (``slots``), ∂L/∂h is taken the cheap way: loss i depends on ``outputs[:, slots[i]]``
+    only, so one ordinary backward gives every ∂L_i/∂outputs, and only the heads are
+    differentiated per task (one einsum for linear heads, else one batched backward through
+    the heads alone). Without them the batched backward runs through the losses too.
 
     A task whose gradient on h is exactly zero (no labelled row in the batch) is left out.
     The graph through h is kept, so the caller may still backpropagate into the trunk.
     """
-    eye = torch.eye(len(losses), dtype=losses.dtype, device=losses.device)
-    grads = batched_grad(losses, [features, *head_params], eye, retain_graph=True)
-    jac_h = grads[0]
-    if jac_h is None:
-        jac_h = torch.zeros(len(losses), *features.shape, dtype=features.dtype)
-    head_grads = [None if g is None else g.sum(0) for g in grads[1:]]
+    if outputs is not None and heads is not None and slots is not None:
+        jac_h, head_grads = _jacobian_from_outputs(
+            losses, features, outputs, heads, slots, head_params
+        )
+    else:
+        eye = torch.eye(len(losses), dtype=losses.dtype, device=losses.device)
+        grads = batched_grad(losses, [features, *head_params], eye, retain_graph=True)
+        jac_h = grads[0]
+        if jac_h is None:
+            jac_h = torch.zeros(len(losses), *features.shape, dtype=features.dtype)
+        head_grads = [None if g is None else g.sum(0) for g in grads[1:]]
     present = (jac_h.flatten(1).abs().amax(1) > 0).tolist()
     jac_h = jac_h[torch.tensor(present, device=jac_h.device)]
     if shared_params is None or not len(jac_h):
@@ -72,6 +86,31 @@ def task_jacobian(
             dim=1,
         )
     return TaskJacobian(matrix.float(), present, head_grads)
+
+
+def _jacobian_from_outputs(
+    losses: Tensor,
+    features: Tensor,
+    outputs: Tensor,
+    heads: nn.Module,
+    slots: Sequence[int],
+    head_params: Sequence[nn.Parameter],
+) -> tuple[Tensor, list[Tensor | None]]:
+    (g,) = torch.autograd.grad(losses.sum(), outputs, retain_graph=True)
+    head_grads = list(
+        torch.autograd.grad(outputs, list(head_params), g, retain_graph=True, allow_unused=True)
+    )
+    index = torch.tensor(list(slots), device=g.device)
+    g = g.index_select(1, index)  # (N, T, o): column i is loss i's
+    weights = list(heads.weights)
+    if len(weights) == 1 and features.dim() == 2:  # linear heads: ∂L_i/∂h = g_i W_iᵀ
+        jac_h = torch.einsum("nto,tdo->tnd", g, weights[0].index_select(0, index).to(g.dtype))
+    else:
+        eye = torch.eye(len(slots), dtype=g.dtype, device=g.device)
+        cotangents = torch.zeros(len(slots), *outputs.shape, dtype=g.dtype, device=g.device)
+        cotangents[:, :, index] = g.unsqueeze(0) * eye[:, None, :, None]
+        (jac_h,) = batched_grad(outputs, [features], cotangents, retain_graph=True)
+    return jac_h.to(features.dtype), head_grads
 
 
 def add_grads(params: Sequence[Tensor], grads: Sequence[Tensor | None]) -> None:

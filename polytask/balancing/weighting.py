@@ -31,7 +31,12 @@ class FixedWeights(Balancer):
         self._weight_cache: dict[tuple[Any, ...], tuple[Tensor, Tensor | None]] = {}
 
     def backward(
-        self, losses: Mapping[str, Tensor], *, model: nn.Module, features: Tensor | None = None
+        self,
+        losses: Mapping[str, Tensor],
+        *,
+        model: nn.Module,
+        features: Tensor | None = None,
+        outputs: Tensor | None = None,
     ) -> dict[str, float]:
         weights = {t.name: t.weight for t in self.tasks if t.name in losses}
         if isinstance(losses, TaskLossValues) and losses.vector.dtype in _FULL_PRECISION:
@@ -110,7 +115,12 @@ class Uncertainty(_LearnedLog):
     reference = "Kendall, Gal & Cipolla 2018"
 
     def backward(
-        self, losses: Mapping[str, Tensor], *, model: nn.Module, features: Tensor | None = None
+        self,
+        losses: Mapping[str, Tensor],
+        *,
+        model: nn.Module,
+        features: Tensor | None = None,
+        outputs: Tensor | None = None,
     ) -> dict[str, float]:
         names, stacked, present = _stacked(self, losses)
         s = self._scales(names, stacked)
@@ -128,7 +138,12 @@ class IMTLL(_LearnedLog):
     reference = "Liu et al. 2021"
 
     def backward(
-        self, losses: Mapping[str, Tensor], *, model: nn.Module, features: Tensor | None = None
+        self,
+        losses: Mapping[str, Tensor],
+        *,
+        model: nn.Module,
+        features: Tensor | None = None,
+        outputs: Tensor | None = None,
     ) -> dict[str, float]:
         names, stacked, present = _stacked(self, losses)
         s = self._scales(names, stacked)
@@ -167,7 +182,12 @@ class DynamicWeightAverage(Balancer):
         self.weights = _as_dict(names, w)
 
     def backward(
-        self, losses: Mapping[str, Tensor], *, model: nn.Module, features: Tensor | None = None
+        self,
+        losses: Mapping[str, Tensor],
+        *,
+        model: nn.Module,
+        features: Tensor | None = None,
+        outputs: Tensor | None = None,
     ) -> dict[str, float]:
         names, stacked, _ = _stacked(self, losses)
         w = torch.tensor([self.weights.get(n, 1.0) for n in names], device=stacked.device)
@@ -213,7 +233,12 @@ class GradNorm(Balancer):
         self.initial = torch.zeros(len(self.tasks))  # L_t(0); 0 until the task is first seen
 
     def backward(
-        self, losses: Mapping[str, Tensor], *, model: nn.Module, features: Tensor | None = None
+        self,
+        losses: Mapping[str, Tensor],
+        *,
+        model: nn.Module,
+        features: Tensor | None = None,
+        outputs: Tensor | None = None,
     ) -> dict[str, float]:
         from .jacobian import batched_grad
 
@@ -269,7 +294,12 @@ class RandomLossWeighting(Balancer):
         self.generator = torch.Generator().manual_seed(self.options.seed)
 
     def backward(
-        self, losses: Mapping[str, Tensor], *, model: nn.Module, features: Tensor | None = None
+        self,
+        losses: Mapping[str, Tensor],
+        *,
+        model: nn.Module,
+        features: Tensor | None = None,
+        outputs: Tensor | None = None,
     ) -> dict[str, float]:
         names, stacked, _ = _stacked(self, losses)
         w = len(names) * torch.softmax(torch.randn(len(names), generator=self.generator), 0)
@@ -315,7 +345,12 @@ class FAMO(Balancer):
         self.previous: Tensor | None = None  # log-losses of the last step, NaN where absent
 
     def backward(
-        self, losses: Mapping[str, Tensor], *, model: nn.Module, features: Tensor | None = None
+        self,
+        losses: Mapping[str, Tensor],
+        *,
+        model: nn.Module,
+        features: Tensor | None = None,
+        outputs: Tensor | None = None,
     ) -> dict[str, float]:
         names, stacked, present = _stacked(self, losses)
         idx = torch.tensor([self.index[n] for n in names])
@@ -365,7 +400,12 @@ class GeometricMean(Balancer):
     Options = GeometricOptions
 
     def backward(
-        self, losses: Mapping[str, Tensor], *, model: nn.Module, features: Tensor | None = None
+        self,
+        losses: Mapping[str, Tensor],
+        *,
+        model: nn.Module,
+        features: Tensor | None = None,
+        outputs: Tensor | None = None,
     ) -> dict[str, float]:
         names, stacked, present = _stacked(self, losses)
         n = present.sum().clamp_min(1)
