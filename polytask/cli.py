@@ -278,6 +278,10 @@ def main() -> None:
     """Entry point: library errors become one red line and exit status 2, not a traceback."""
     try:
         app(standalone_mode=False)
+        if "torch.distributed" in sys.modules:  # under torchrun: all ranks leave together
+            from .train import shutdown_distributed
+
+            shutdown_distributed()
     except PolytaskError as exc:
         # soft_wrap: one line however long; escape: brackets in the message are not markup.
         errors.print(
