@@ -101,9 +101,7 @@ class _Aggregation(Balancer):
     ) -> dict[str, float]:
         if features is None:
             raise ValueError(f"balancer {self.name!r} needs the shared features h")
-        names = list(losses)
-        stacked = torch.stack([losses[n] for n in names])
-        stacked = stacked * self._alphas(names, stacked)
+        names, stacked = self._weighted(losses)
         heads = model.head_parameters()
         shared = model.shared_parameters()
         by_params = self.options.level == "parameters"

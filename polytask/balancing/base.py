@@ -66,6 +66,12 @@ class Balancer:
         """Called by the trainer after each epoch with the epoch's mean training losses."""
         return None
 
+    def _weighted(self, losses: Mapping[str, Tensor]) -> tuple[list[str], Tensor]:
+        """The task names in ``losses`` order and their losses times α_t, stacked ``(T,)``."""
+        names = list(losses)
+        stacked = torch.stack([losses[n] for n in names])
+        return names, stacked * self._alphas(names, stacked)
+
     def _alphas(self, names: Sequence[str], like: Tensor) -> Tensor:
         """The declared task weights α_t, as a tensor in the order of ``names``."""
         by_name = {t.name: t.weight for t in self.tasks}

@@ -69,9 +69,7 @@ class FixedWeights(Balancer):
 
 def _stacked(balancer: Balancer, losses: Mapping[str, Tensor]) -> tuple[list[str], Tensor, Tensor]:
     """Task names, the α-weighted losses ``(T,)`` and which tasks are present (loss ≠ 0)."""
-    names = list(losses)
-    stacked = torch.stack([losses[n] for n in names])
-    stacked = stacked * balancer._alphas(names, stacked)
+    names, stacked = balancer._weighted(losses)
     return names, stacked, stacked.detach() != 0
 
 
