@@ -158,7 +158,9 @@ def test_gradnorm_drives_gradient_norms_toward_the_targets() -> None:
     assert before > np.log(10) and after < 0.25 * before
 
 
-def test_per_task_gradients_come_from_one_batched_jacobian(monkeypatch) -> None:
+@pytest.fixture
+def grad_calls(monkeypatch) -> list[bool]:
+    """Records every autograd.grad call of the Jacobian engine: batched or not."""
     from polytask.balancing import jacobian
 
     calls: list[bool] = []
@@ -169,26 +171,20 @@ def test_per_task_gradients_come_from_one_batched_jacobian(monkeypatch) -> None:
         return original(*args, **kwargs)
 
     monkeypatch.setattr(jacobian.torch.autograd, "grad", counting)
+    return calls
+
+
+def test_per_task_gradients_come_from_one_batched_jacobian(grad_calls: list[bool]) -> None:
     names = [f"t{i}" for i in range(6)]
     model = _model(4, names)
     balancer = make_balancer("pcgrad", _tasks(6))
     out, h = model(torch.randn(16, 4), features=True)
     balancer.backward({n: out[n].pow(2).mean() for n in names}, model=model, features=h)
     # one batched call for ∂L/∂h and the heads, one batched pull-back through the trunk
-    assert calls == [True, True]
+    assert grad_calls == [True, True]
 
 
-def test_with_the_head_outputs_one_batched_call_remains(monkeypatch) -> None:
-    from polytask.balancing import jacobian
-
-    calls: list[bool] = []
-    original = torch.autograd.grad
-
-    def counting(*args, **kwargs):
-        calls.append(bool(kwargs.get("is_grads_batched")))
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(jacobian.torch.autograd, "grad", counting)
+def test_with_the_head_outputs_one_batched_call_remains(grad_calls: list[bool]) -> None:
     names = [f"t{i}" for i in range(6)]
     model = _model(4, names)
     balancer = make_balancer("pcgrad", _tasks(6))
@@ -197,7 +193,7 @@ def test_with_the_head_outputs_one_batched_call_remains(monkeypatch) -> None:
     balancer.backward(losses, model=model, features=h, outputs=packed)
     # ∂L/∂outputs and the heads' gradient by plain backward, ∂L_i/∂h by one einsum (linear
     # heads), then the one batched pull-back through the trunk
-    assert calls == [False, False, True]
+    assert grad_calls == [False, False, True]
 
 
 @pytest.mark.parametrize("head", [[], [5]])
