@@ -343,6 +343,7 @@ def run_dataset(
     config = SETTINGS[name]()
     splits = load_splits(config)
     tasks = resolve_tasks(config)
+    metrics = primary(tasks)
     skipped, why = SKIP.get(name, (set(), ""))
     methods = [m for m in methods if m not in skipped]
     per_method: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
@@ -359,25 +360,24 @@ def run_dataset(
         else None
     )
     anchors = linear_anchors(config, splits)
-    stl_means = {t: table["stl"]["tasks"][t]["mean"] for t in primary(tasks)}
+    stl_means = {t: table["stl"]["tasks"][t]["mean"] for t in metrics}
     for anchor in anchors.values():
         anchor["delta_m_vs_stl_mean"] = delta_m(
-            primary(tasks), {t: anchor["test"][t][m] for t, m in primary(tasks).items()}, stl_means
+            metrics, {t: anchor["test"][t][m] for t, m in metrics.items()}, stl_means
         )
     if name == "school":  # the School literature's figure: explained variance, pooled
-        labels = np.concatenate([splits.test[t].dropna().to_numpy() for t in primary(tasks)])
+        labels = np.concatenate([splits.test[t].dropna().to_numpy() for t in metrics])
         sst = float(((labels - labels.mean()) ** 2).sum())
         for method, runs in per_method.items():
             sse = [
-                sum(r["test"][t]["n"] * r["test"][t]["rmse"] ** 2 for t in primary(tasks))
-                for r in runs
+                sum(r["test"][t]["n"] * r["test"][t]["rmse"] ** 2 for t in metrics) for r in runs
             ]
             table[method]["pooled_explained_variance"] = mean_std([1 - e / sst for e in sse])
     return {
         "skipped": {"methods": sorted(skipped & set(method_table())), "why": why},
         "config": config.model_dump(mode="json"),
         "rows": {k: len(getattr(splits, k)) for k in ("train", "validation", "test")},
-        "main_tasks": primary(tasks),
+        "main_tasks": metrics,
         "methods": table,
         "best_on_validation": best,
         "anchors": anchors,
