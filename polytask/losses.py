@@ -20,12 +20,28 @@ from .tasks import Task
 
 ElementLoss = Callable[[Tensor, Tensor], Tensor]
 
+
+def _poisson_nll(out: Tensor, y: Tensor) -> Tensor:
+    """−log Poisson(y | rate e^out), the full negative log-likelihood (≥ 0, like every loss here:
+    the balancers that take logs of losses or learn scales against them rely on it).
+
+    Written as ½ deviance + a term of y alone, both ≥ 0 even in float32 for large counts:
+    e^out − y·out + log y! = y(expm1(d) − d) + [log y! + y − y log y], d = out − log y.
+    """
+    positive = y > 0
+    safe = torch.where(positive, y, torch.ones((), dtype=y.dtype, device=y.device))
+    d = out - safe.log()
+    variable = torch.where(positive, safe * (torch.expm1(d) - d), torch.exp(out))
+    constant = (torch.lgamma(y + 1) + y - torch.xlogy(y, y)).clamp_min(0)
+    return variable + constant
+
+
 ELEMENT_LOSSES: dict[str, ElementLoss] = {
     "mse": lambda out, y: (out - y) ** 2,
     "mae": lambda out, y: (out - y).abs(),
     "huber": lambda out, y: F.huber_loss(out, y, reduction="none"),
     "bce": lambda out, y: F.binary_cross_entropy_with_logits(out, y, reduction="none"),
-    "poisson": lambda out, y: torch.exp(out) - y * out,  # Poisson NLL with a log link, no const
+    "poisson": _poisson_nll,  # log link: the head outputs the log-rate
     "ce": lambda out, y: F.cross_entropy(out, y, reduction="none"),
 }
 

@@ -4,6 +4,7 @@ small problems, and every registered balancer through a few training steps with 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from scipy.optimize import minimize
@@ -290,3 +291,46 @@ def test_a_saved_run_plots_its_weights(tmp_path) -> None:
     make_frame(80, seed=2).to_csv(path, index=False)
     run = pt.fit(make_config(path, balancer="dwa", epochs=3), out=tmp_path / "run")
     assert (run.directory / "plots" / "weights.png").is_file()
+
+
+def _large_counts(seed: int, n: int = 600) -> pd.DataFrame:
+    """A regression task and a count task whose mean (≈ 20) is far above e."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 3))
+    frame = pd.DataFrame(x, columns=["x0", "x1", "x2"])
+    frame["y"] = x[:, 0] - x[:, 1] + 0.1 * rng.normal(size=n)
+    frame["n"] = rng.poisson(np.exp(3.0 + 0.5 * x[:, 0] + 0.3 * x[:, 2]))
+    return frame
+
+
+def _fit_counts(balancer: str) -> pt.Run:
+    tasks = [pt.Task(name="y", kind="regression"), pt.Task(name="n", kind="count")]
+    config = pt.Config(
+        data=pt.DataConfig(train="unused.csv"),
+        tasks=tasks,
+        model=pt.ModelConfig(shared=[16]),
+        train=pt.TrainConfig(
+            balancer=balancer, epochs=40, batch_size=32, lr=1e-2, device="cpu", patience=None
+        ),
+    )
+    return pt.fit(config, frame=_large_counts(0))
+
+
+@pytest.fixture(scope="module")
+def fixed_count_mae() -> float:
+    return _fit_counts("fixed").metrics["test"]["n"]["mae"]
+
+
+@pytest.mark.parametrize("name", ["geometric", "famo", "uncertainty", "imtl_l"])
+def test_weightings_that_log_or_scale_losses_train_large_counts(name, fixed_count_mae) -> None:
+    """Counts above e once made the Poisson loss negative: geometric and FAMO lost the count
+    gradient (test MAE ≈ 5× fixed's), uncertainty and IMTL-L had an objective unbounded below
+    (the count weight grew past 10³)."""
+    run = _fit_counts(name)
+    assert run.metrics["test"]["n"]["mae"] <= 1.25 * fixed_count_mae
+    weights = run.history["weight/n"].to_numpy()
+    assert np.isfinite(weights).all() and (weights > 0).all()
+    if name in ("uncertainty", "imtl_l"):
+        # learned scales head for exp(s) = L (uncertainty) or 1/L (IMTL-L); the count loss
+        # stays above 1 here, so the count weight never rises above its start (½, 1)
+        assert weights.max() <= 1.0

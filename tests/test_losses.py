@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from scipy.stats import poisson
 
 import polytask as pt
-from polytask.losses import TaskLosses, masked_mean
+from polytask.losses import ELEMENT_LOSSES, TaskLosses, masked_mean
 
 TASKS = [
     pt.Task(name="price", kind="regression"),
@@ -114,7 +118,7 @@ def _reference(name: str, out, y, m):
     if kind == "binary":
         return F.binary_cross_entropy_with_logits(out[m], y[m])
     if kind == "count":
-        return F.poisson_nll_loss(out[m], y[m], log_input=True, full=False)
+        return -torch.distributions.Poisson(out[m].exp()).log_prob(y[m]).mean()
     reference = {"price": F.mse_loss, "rent": F.huber_loss, "area": F.l1_loss}[name]
     return reference(out[m], y[m])
 
@@ -168,3 +172,50 @@ def test_masked_mean_is_the_mean_of_the_kept_values(seed: int) -> None:
         kept = values[mask[:, j], j]
         expected = kept.mean() if len(kept) else torch.tensor(0.0)
         torch.testing.assert_close(mean[j], expected)
+
+
+@pytest.mark.parametrize("mean", [0.3, 2.0, 20.0, 400.0, 1e5])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_count_loss_is_the_poisson_negative_log_likelihood(mean: float, dtype) -> None:
+    """−log pmf (scipy), so ≥ 0: the weightings that take logs of losses (geometric, FAMO) or
+    learn scales against them (uncertainty, IMTL-L) need a loss bounded below by 0."""
+    g = torch.Generator().manual_seed(int(mean))
+    y = torch.poisson(torch.full((200,), mean, dtype=torch.float64), generator=g)
+    # log-rates around the truth, and exactly at each count (the loss's smallest values)
+    out = torch.cat(
+        [math.log(mean) + torch.randn(200, generator=g, dtype=torch.float64), y.clamp(1e-3).log()]
+    )
+    out, y = out.to(dtype), torch.cat([y, y]).to(dtype)
+    loss = ELEMENT_LOSSES["poisson"](out, y)
+    expected = -poisson.logpmf(y.double().numpy(), np.exp(out.double().numpy()))
+    assert loss.dtype == dtype and bool((loss >= 0).all())
+    # within the rounding of the inputs' logs and of log y! in this dtype
+    o, c = out.double().numpy(), y.double().numpy()
+    scale = np.abs(np.exp(o) - c) * np.abs(o) + c * np.log1p(c) + 1
+    error = np.abs(loss.double().numpy() - expected) / scale
+    assert error.max() <= 4 * torch.finfo(dtype).eps, error.max()
+
+
+@pytest.mark.parametrize("mean", [2.0, 50.0])
+def test_the_count_loss_gradient_is_the_rate_minus_the_count(mean: float) -> None:
+    g = torch.Generator().manual_seed(0)
+    y = torch.poisson(torch.full((64,), mean), generator=g)
+    out = (torch.randn(64, generator=g) + math.log(mean)).requires_grad_()
+    ELEMENT_LOSSES["poisson"](out, y).sum().backward()
+    torch.testing.assert_close(out.grad, out.detach().exp() - y, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(ELEMENT_LOSSES))
+@pytest.mark.parametrize("scale", [0.1, 3.0, 30.0])
+def test_no_element_loss_is_negative(name: str, scale: float) -> None:
+    g = torch.Generator().manual_seed(int(scale * 10))
+    out = scale * torch.randn(500, 4, generator=g)
+    if name == "ce":
+        y = torch.randint(0, 4, (500,), generator=g)
+    elif name == "bce":
+        y, out = torch.randint(0, 2, (500,), generator=g).float(), out[:, 0]
+    elif name == "poisson":
+        y, out = torch.poisson(out[:, 0].exp().clamp_max(1e6), generator=g), out[:, 1]
+    else:
+        y, out = scale * torch.randn(500, generator=g), out[:, 0]
+    assert bool((ELEMENT_LOSSES[name](out, y) >= 0).all())

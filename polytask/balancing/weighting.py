@@ -324,8 +324,9 @@ class FAMO(Balancer):
     """Fast adaptive multitask optimization: descend Σ z_t log L_t / c with z = softmax(ξ).
 
     ξ is updated from the drop of every task's log-loss between consecutive steps (here: the
-    next batch's losses, which saves FAMO's extra forward pass). Losses are clamped at ``eps``
-    before the log (a Poisson loss without its constant can go below 0).
+    next batch's losses, which saves FAMO's extra forward pass). Every loss is ≥ 0
+    (``losses.ELEMENT_LOSSES``); it is clamped at ``eps`` before the log only so that a batch
+    fitted exactly (loss 0) gives no infinity.
     """
 
     name = "famo"
