@@ -1,4 +1,11 @@
-"""STL vs MTL on the same splits over several seeds: per-task metrics, Δm%, paired tests."""
+"""STL vs MTL on the same splits over several seeds: per-task metrics, Δm%, paired tests.
+
+One sign convention throughout: a relative change (per task, ``relative_change_percent``) and
+Δm (their mean over main tasks) are in % of the STL value, signed so that **negative means MTL
+is better**, whatever the metric's direction. A difference is called significant only when the
+two-sided paired t-test over seeds gives p < ``ALPHA`` *and* the 95% Student-t interval of the
+per-seed relative change excludes 0 (for Δm: its interval over seeds excludes 0).
+"""
 
 from __future__ import annotations
 
@@ -24,6 +31,32 @@ from .evaluate import (
 from .signals import expand
 from .tasks import Task
 from .train import Splits, fit, load_splits, resolve_tasks
+
+#: Significance level of the per-task paired test; intervals are at level 1 - ALPHA.
+ALPHA = 0.05
+#: A main task with fewer labelled test rows than this draws a warning.
+FEW_TEST_ROWS = 30
+
+SIGN_CONVENTION = (
+    "relative change of the primary metric vs STL in % of the STL value, signed so that "
+    "negative means MTL is better; used by delta_m_percent and every relative_change_percent"
+)
+SIGNIFICANCE_RULE = (
+    f"significant when the two-sided paired t-test over seeds gives p < {ALPHA} and the "
+    f"{1 - ALPHA:.0%} t-interval of the per-seed relative change excludes 0; Δm is significant "
+    "when its interval over seeds excludes 0"
+)
+
+BETTER = "MTL significantly better"
+WORSE = "MTL significantly worse"
+NO_DIFFERENCE = "no significant difference"
+TIE = "tie"
+NOT_SCORED = "not comparable (metric undefined)"
+
+
+def not_enough_seeds(n: int) -> str:
+    """The verdict when fewer than two seeds give a score: nothing can be tested."""
+    return f"not enough seeds to test (n={n})"
 
 
 @dataclass
@@ -53,63 +86,171 @@ class Comparison:
             for i in range(len(self.seeds))
         ]
 
+    def test_rows(self, task: Task) -> int | None:
+        """Labelled test rows the task was scored on (the fewest over seeds and methods)."""
+        counts = [s["n"] for m in ("stl", "mtl") for s in self.scores[m][task.name] if "n" in s]
+        return int(min(counts)) if counts else None
+
     def to_json(self) -> dict[str, Any]:
         per_seed = self.delta_m_per_seed()
+        finite = [v for v in per_seed if not math.isnan(v)]
         dm_mean, dm_std = mean_std(per_seed)
-        tasks: dict[str, Any] = {}
-        for task in self.main_tasks:
-            stl, mtl = self.values("stl", task), self.values("mtl", task)
-            (stl_mean, stl_std), (mtl_mean, mtl_std) = mean_std(stl), mean_std(mtl)
-            change = relative_change(task.primary_metric, mtl_mean, stl_mean)
-            p = paired_test(mtl, stl)
-            tasks[task.name] = {
-                "metric": task.primary_metric,
-                "higher_is_better": HIGHER_IS_BETTER[task.primary_metric],
-                "stl": {"per_seed": stl, "mean": stl_mean, "std": stl_std},
-                "mtl": {"per_seed": mtl, "mean": mtl_mean, "std": mtl_std},
-                "relative_change_percent": change,
-                "p_value": p,
-                "verdict": _verdict(change, p),
-                "all_metrics": {m: self.scores[m][task.name] for m in ("stl", "mtl")},
-            }
-        return {
+        dm_ci = confidence_interval(finite, 1 - ALPHA)
+        tasks = {task.name: self._task_json(task) for task in self.main_tasks}
+        result = {
             "delta_m_percent": dm_mean,
             "delta_m_std": dm_std,
-            "delta_m_ci95": list(confidence_interval(per_seed)),
+            "delta_m_ci95": list(dm_ci),
             "delta_m_per_seed": per_seed,
+            "delta_m_verdict": _delta_m_verdict(finite, dm_ci),
             "delta_m_definition": "mean over main tasks of the relative change of the primary "
             "metric vs STL in %, signed so that negative means MTL is better",
+            "sign_convention": SIGN_CONVENTION,
+            "significance": SIGNIFICANCE_RULE,
+            "alpha": ALPHA,
+            "few_test_rows_threshold": FEW_TEST_ROWS,
             "seeds": self.seeds,
             "seconds": self.seconds,
             "tasks": tasks,
-            "summary": summary(tasks, dm_mean),
+        }
+        result["warnings"] = _warnings(tasks, len(self.seeds))
+        result["summary"] = summary(result)
+        return result
+
+    def _task_json(self, task: Task) -> dict[str, Any]:
+        metric = task.primary_metric
+        stl, mtl = self.values("stl", task), self.values("mtl", task)
+        (stl_mean, stl_std), (mtl_mean, mtl_std) = mean_std(stl), mean_std(mtl)
+        changes = [relative_change(metric, m, s) for m, s in zip(mtl, stl, strict=True)]
+        scored = [(m, s) for m, s in zip(mtl, stl, strict=True) if not math.isnan(m + s)]
+        finite = [c for c in changes if not math.isnan(c)]
+        ci = confidence_interval(finite, 1 - ALPHA)
+        p = paired_test([m for m, _ in scored], [s for _, s in scored])
+        verdict = _verdict(finite, p, ci)
+        return {
+            "metric": metric,
+            "higher_is_better": HIGHER_IS_BETTER[metric],
+            "n_test": self.test_rows(task),
+            "stl": {"per_seed": stl, "mean": stl_mean, "std": stl_std},
+            "mtl": {"per_seed": mtl, "mean": mtl_mean, "std": mtl_std},
+            "relative_change_percent": mean_std(changes)[0],
+            "relative_change_per_seed": changes,
+            "relative_change_ci95": list(ci),
+            "p_value": p,
+            "significant": verdict in (BETTER, WORSE),
+            "verdict": verdict,
+            "all_metrics": {m: self.scores[m][task.name] for m in ("stl", "mtl")},
         }
 
 
-def _verdict(change: float, p: float) -> str:
-    if math.isnan(change) or abs(change) < 1e-9:
-        return "tie"
-    word = "better" if change < 0 else "worse"
-    strength = "significantly " if not math.isnan(p) and p < 0.05 else ""
-    return f"MTL {strength}{word}"
+def _excludes_zero(ci: Sequence[float]) -> bool:
+    return ci[0] > 0 or ci[1] < 0  # False for a NaN interval
 
 
-def summary(tasks: dict[str, Any], dm: float) -> str:
-    """Plain-language verdict, saying so when MTL is worse."""
-    n = len(tasks)
-    worse = [k for k, v in tasks.items() if "worse" in v["verdict"]]
-    better = [k for k, v in tasks.items() if "better" in v["verdict"]]
-    sig_worse = [k for k, v in tasks.items() if v["verdict"] == "MTL significantly worse"]
-    if math.isnan(dm):
-        overall = "Δm could not be computed"
-    elif dm < 0:
-        overall = f"on average MTL is better than STL (Δm = {dm:+.2f}%)"
+def _verdict(changes: Sequence[float], p: float, ci: Sequence[float]) -> str:
+    """``changes``: the finite per-seed relative changes (negative: MTL better)."""
+    if not changes:
+        return NOT_SCORED
+    if all(abs(c) < 1e-9 for c in changes):
+        return TIE
+    if len(changes) < 2:
+        return not_enough_seeds(len(changes))
+    if p < ALPHA and _excludes_zero(ci):
+        return BETTER if ci[1] < 0 else WORSE
+    return NO_DIFFERENCE
+
+
+def _delta_m_verdict(per_seed: Sequence[float], ci: Sequence[float]) -> str:
+    """``per_seed``: the finite per-seed Δm values."""
+    if not per_seed:
+        return NOT_SCORED
+    if all(abs(v) < 1e-9 for v in per_seed):
+        return TIE
+    if len(per_seed) < 2:
+        return not_enough_seeds(len(per_seed))
+    if _excludes_zero(ci):
+        return BETTER if ci[1] < 0 else WORSE
+    return NO_DIFFERENCE
+
+
+def _warnings(tasks: dict[str, Any], seeds: int) -> list[str]:
+    notes = []
+    if seeds == 1:
+        notes.append("only 1 seed: no difference can be tested; use 3 or more seeds")
+    elif seeds == 2:
+        notes.append(
+            "only 2 seeds: the t-test has 1 degree of freedom and rarely detects a difference; "
+            "use 3 or more seeds"
+        )
+    for name, t in tasks.items():
+        if t["n_test"] is not None and t["n_test"] < FEW_TEST_ROWS:
+            notes.append(
+                f"task {name!r} has only {t['n_test']} labelled test rows (fewer than "
+                f"{FEW_TEST_ROWS}): its scores and verdict rest on very few examples"
+            )
+        missing = sum(math.isnan(c) for c in t["relative_change_per_seed"])
+        if missing:
+            notes.append(
+                f"task {name!r}: {t['metric']} could not be compared in {missing} of {seeds} "
+                "seed(s) (undefined on the test rows, e.g. AUC with one class)"
+            )
+    return notes
+
+
+_COUNTED = (BETTER, WORSE, NO_DIFFERENCE, TIE, NOT_SCORED)
+
+
+def _named(names: list[str], limit: int = 5) -> str:
+    if not names:
+        return ""
+    shown = ", ".join(names[:limit]) + (", …" if len(names) > limit else "")
+    return f" ({shown})"
+
+
+def summary(result: dict[str, Any]) -> str:
+    """Plain-language verdict of a ``Comparison.to_json()`` result: it claims MTL better or
+    worse only where the test says so, and ends with the warnings."""
+    dm, (lo, hi) = result["delta_m_percent"], result["delta_m_ci95"]
+    verdict, seeds = result["delta_m_verdict"], len(result["seeds"])
+    level = f"{1 - result['alpha']:.0%}"
+    interval = f"Δm = {dm:+.2f}%, {level} CI [{lo:+.2f}, {hi:+.2f}] over {seeds} seeds"
+    if verdict == NOT_SCORED:
+        overall = "Δm could not be computed (no main task has a defined relative change)"
+    elif verdict == BETTER:
+        overall = f"on average MTL is significantly better than STL ({interval})"
+    elif verdict == WORSE:
+        overall = f"on average MTL is significantly WORSE than STL ({interval})"
+    elif verdict == TIE:
+        overall = f"MTL and STL scored identically in every seed (Δm = {dm:+.2f}%)"
+    elif verdict == NO_DIFFERENCE:
+        overall = f"no significant difference between MTL and STL on average ({interval}; "
+        overall += "the interval includes 0)"
     else:
-        overall = f"on average MTL is WORSE than STL (Δm = {dm:+.2f}%)"
-    text = f"{overall}; MTL better on {len(better)}/{n} main tasks, worse on {len(worse)}/{n}"
-    if sig_worse:
-        text += f" (significantly worse, p<0.05: {', '.join(sig_worse)})"
-    return text + "."
+        overall = f"Δm = {dm:+.2f}% from a single seed: {verdict}"
+    parts = [overall]
+    tasks = result["tasks"]
+    n = len(tasks)
+    by = {v: [k for k, t in tasks.items() if t["verdict"] == v] for v in _COUNTED}
+    if by[BETTER] or by[WORSE] or by[NO_DIFFERENCE]:
+        counts = [
+            f"MTL significantly better on {len(by[BETTER])}/{n}{_named(by[BETTER])}",
+            f"significantly worse on {len(by[WORSE])}/{n}{_named(by[WORSE])}",
+            f"no significant difference on {len(by[NO_DIFFERENCE])}/{n}",
+        ]
+        if by[TIE]:
+            counts.append(f"identical scores on {len(by[TIE])}/{n}")
+        if by[NOT_SCORED]:
+            counts.append(f"not comparable on {len(by[NOT_SCORED])}/{n}{_named(by[NOT_SCORED])}")
+        untested = n - sum(len(v) for v in by.values())
+        if untested:
+            counts.append(f"too few scored seeds to test on {untested}/{n}")
+        parts.append(
+            f"per task (paired t-test over seeds, p < {result['alpha']} and CI excluding 0): "
+            + ", ".join(counts)
+        )
+    text = "; ".join(parts) + "."
+    text = text[0].upper() + text[1:]
+    return text + "".join(f" Warning: {w}." for w in result["warnings"])
 
 
 def compare(

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import re
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from .tasks import Task
@@ -90,33 +93,157 @@ def plot_weights(history: pd.DataFrame, directory: Path, *, balancer: str = "") 
     return path
 
 
-def plot_comparison(result: Mapping[str, Any], path: Path) -> Path:
-    """Per-task primary metric, STL vs MTL, mean ± std over seeds."""
+#: Metrics bounded by 1 share one panel whatever their values; others are split by scale.
+_UNIT_METRICS = frozenset(
+    {"auc", "accuracy", "f1", "macro_f1", "micro_f1", "subset_accuracy", "r2"}
+)
+#: Within one panel the largest STL mean is at most this many times the smallest.
+_SCALE_RATIO = 10.0
+#: Beyond this many tasks a panel drops its per-task labels (names, changes).
+_LABELLED_TASKS = 40
+
+
+def comparison_panels(tasks: Mapping[str, Any]) -> list[tuple[str, list[str]]]:
+    """Tasks grouped for plotting: one panel per primary metric, and for unbounded metrics
+    (RMSE, MAE, …) one per scale, so that no panel mixes values ten times apart."""
+    panels: list[tuple[str, list[str]]] = []
+    for metric in dict.fromkeys(t["metric"] for t in tasks.values()):
+        names = [n for n, t in tasks.items() if t["metric"] == metric]
+        if metric in _UNIT_METRICS:
+            panels.append((metric, names))
+            continue
+        groups: list[list[str]] = []
+        floor = math.nan
+        for name in sorted(names, key=lambda n: _scale(tasks[n])):
+            if not groups or _scale(tasks[name]) > _SCALE_RATIO * floor:
+                groups.append([])
+                floor = max(_scale(tasks[name]), 1e-12)
+            groups[-1].append(name)
+        order = {n: i for i, n in enumerate(names)}  # declared order inside a panel
+        panels += [(metric, sorted(g, key=order.__getitem__)) for g in groups]
+    return panels
+
+
+def _scale(task: Mapping[str, Any]) -> float:
+    value = abs(task["stl"]["mean"])
+    return value if math.isfinite(value) else 0.0
+
+
+def comparison_figure(result: Mapping[str, Any]):
+    """The figure of ``plot_comparison`` (a matplotlib ``Figure``), one axes per panel of
+    ``comparison_panels``."""
     plt = _pyplot()
     tasks = result["tasks"]
-    names = list(tasks)
-    x = range(len(names))
-    fig, ax = plt.subplots(figsize=(max(5, 0.6 * len(names) + 2), 3.6))
-    for offset, method in ((-0.2, "stl"), (0.2, "mtl")):
-        means = [tasks[n][method]["mean"] for n in names]
-        stds = [tasks[n][method]["std"] for n in names]
-        ax.bar(
-            [i + offset for i in x], means, width=0.4, yerr=stds, capsize=2, label=method.upper()
+    panels = comparison_panels(tasks)
+    sizes = [len(names) for _, names in panels]
+    one_row = sum(sizes) <= 24 and len(panels) <= 4
+    if one_row:
+        width = min(18.0, max(6.5, 1.2 + 0.6 * sum(sizes) + 1.0 * len(panels)))
+        fig, axes = plt.subplots(
+            1,
+            len(panels),
+            figsize=(width, 4.0),
+            width_ratios=[max(n, 1.5) for n in sizes],
+            layout="constrained",
+            squeeze=False,
         )
-    ax.set_xticks(list(x))
-    ax.set_xticklabels(names, rotation=45, ha="right", fontsize=8)
-    metrics = sorted({tasks[n]["metric"] for n in names})
-    ax.set_ylabel(", ".join(metrics))
-    lo = min(min(tasks[n][m]["mean"] for n in names) for m in ("stl", "mtl"))
-    hi = max(max(tasks[n][m]["mean"] for n in names) for m in ("stl", "mtl"))
-    pad = 0.15 * (hi - lo) if hi > lo else 0.1
-    ax.set_ylim(max(0.0, lo - pad) if lo >= 0 else lo - pad, hi + pad)
-    ax.set_title(
-        f"STL vs MTL, {len(result['seeds'])} seeds; Δm = {result['delta_m_percent']:+.2f}% "
-        "(negative: MTL better)"
-    )
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+    else:
+        width = min(20.0, max(6.5, 1.5 + 0.4 * max(sizes)))
+        fig, axes = plt.subplots(
+            len(panels),
+            1,
+            figsize=(width, 1.2 + 3.0 * len(panels)),
+            layout="constrained",
+            squeeze=False,
+        )
+    for ax, (metric, names) in zip(axes.flat, panels, strict=True):
+        _comparison_panel(ax, metric, names, tasks, seeds=len(result["seeds"]))
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", fontsize=8, ncol=2)
+    fig.suptitle(_comparison_title(result, width), fontsize=9)
+    return fig
+
+
+def _comparison_panel(
+    ax: Any, metric: str, names: list[str], tasks: Mapping[str, Any], *, seeds: int
+) -> None:
+    x = np.arange(len(names))
+    tops = []
+    for offset, method, colour in ((-0.2, "stl", "tab:grey"), (0.2, "mtl", "tab:blue")):
+        means = np.array([tasks[n][method]["mean"] for n in names], dtype=float)
+        stds = np.nan_to_num(np.array([tasks[n][method]["std"] for n in names], dtype=float))
+        ax.bar(
+            x + offset,
+            means,
+            width=0.4,
+            yerr=stds if seeds > 1 else None,  # one seed has no spread to show
+            capsize=2,
+            color=colour,
+            error_kw={"elinewidth": 0.8},
+            label=method.upper() + (f" (mean ± std over {seeds} seeds)" if seeds > 1 else ""),
+        )
+        tops.append((means - stds, means + stds))
+    lows, highs = np.concatenate([t[0] for t in tops]), np.concatenate([t[1] for t in tops])
+    lo, hi = (np.nanmin(lows), np.nanmax(highs)) if np.isfinite(highs).any() else (0.0, 1.0)
+    span = hi - lo if hi > lo else max(abs(hi), 1.0) * 0.1
+    # bars start at 0 when 0 is near the data; otherwise the axis zooms onto the values
+    bottom = 0.0 if 0 <= lo < 0.5 * hi else lo - 0.15 * span
+    labelled = len(names) <= _LABELLED_TASKS
+    ax.set_xlim(*((-1.0, 1.0) if len(names) == 1 else (-0.7, len(names) - 0.3)))
+    ax.set_ylim(bottom, hi + (0.22 if labelled else 0.08) * span)
+    if labelled:
+        ax.set_xticks(x)
+        ax.set_xticklabels(
+            names,
+            rotation=45 if len(names) > 3 else 0,
+            ha="right" if len(names) > 3 else "center",
+            fontsize=8,
+        )
+        for i, name in enumerate(names):
+            change = tasks[name]["relative_change_percent"]
+            if math.isfinite(change):
+                strong = tasks[name].get("significant", False)
+                ax.annotate(
+                    f"{change:+.1f}%" + ("*" if strong else ""),
+                    (i, np.nanmax([highs[i], highs[i + len(names)]])),
+                    xytext=(0, 3),
+                    textcoords="offset points",
+                    ha="center",
+                    fontsize=7,
+                    fontweight="bold" if strong else "normal",
+                    color="black" if strong else "dimgrey",
+                )
+    else:
+        ax.set_xticks([])
+        ax.set_xlabel(f"{len(names)} tasks (declared order)", fontsize=8)
+    better = "higher" if tasks[names[0]]["higher_is_better"] else "lower"
+    ax.set_title(f"{metric}\n{better} is better", fontsize=9)
+    ax.set_ylabel(metric, fontsize=8)
+    ax.tick_params(axis="y", labelsize=8)
+
+
+def _seeds(n: int) -> str:
+    return "1 seed" if n == 1 else f"{n} seeds"
+
+
+def _comparison_title(result: Mapping[str, Any], width: float) -> str:
+    dm, (lo, hi) = result["delta_m_percent"], result["delta_m_ci95"]
+    ci = f", 95% CI [{lo:+.2f}, {hi:+.2f}]" if math.isfinite(lo) else ""
+    lines = [
+        f"STL vs MTL on the test split, {_seeds(len(result['seeds']))}",
+        f"Δm = {dm:+.2f}%{ci}: {result['delta_m_verdict']}",
+        "labels: relative change vs STL, negative = MTL better; * significant (p < "
+        f"{result['alpha']} and CI excludes 0)",
+    ]
+    chars = int(width * 13)  # about 13 characters per inch at 9 pt
+    return "\n".join(textwrap.fill(line, chars) for line in lines)
+
+
+def plot_comparison(result: Mapping[str, Any], path: Path) -> Path:
+    """Per-task primary metric, STL vs MTL bars with ± std over seeds, one panel per metric
+    (and per scale); each pair is labelled with its relative change (the sign of Δm)."""
+    plt = _pyplot()
+    fig = comparison_figure(result)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)

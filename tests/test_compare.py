@@ -1,4 +1,5 @@
-"""STL vs MTL comparisons: what the result holds, and that one task compares as a tie."""
+"""STL vs MTL comparisons: what the result holds, verdicts that claim only what the paired
+tests support, warnings, and that one task compares as a tie."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import stats
 from synthetic import ALL_TASKS, FEATURES, make_config, make_frame, make_splits
 
 import polytask as pt
+from polytask.compare import FEW_TEST_ROWS, Comparison
 from polytask.evaluate import delta_m, relative_change
 
 
@@ -35,8 +38,17 @@ def test_comparison_holds_per_seed_scores_means_and_delta_m(tmp_path: Path) -> N
         for method in ("stl", "mtl"):
             assert len(entry[method]["per_seed"]) == 2
             assert entry[method]["mean"] == pytest.approx(np.mean(entry[method]["per_seed"]))
-        change = relative_change(entry["metric"], entry["mtl"]["mean"], entry["stl"]["mean"])
-        assert entry["relative_change_percent"] == pytest.approx(change)
+        changes = [
+            relative_change(entry["metric"], m, s)
+            for m, s in zip(entry["mtl"]["per_seed"], entry["stl"]["per_seed"], strict=True)
+        ]
+        assert entry["relative_change_per_seed"] == pytest.approx(changes)
+        assert entry["relative_change_percent"] == pytest.approx(np.mean(changes))
+        assert entry["n_test"] == splits.test[name].notna().sum()
+    # one sign convention: Δm is the mean of the tasks' relative changes
+    assert result["delta_m_percent"] == pytest.approx(
+        np.mean([t["relative_change_percent"] for t in result["tasks"].values()])
+    )
     assert "seed 3: MTL" in notes and "seed 4: STL price" in notes
 
 
@@ -47,8 +59,9 @@ def test_with_one_task_the_comparison_is_a_tie(tmp_path: Path) -> None:
     sold = result["tasks"]["sold"]
     assert sold["mtl"]["per_seed"] == sold["stl"]["per_seed"]
     assert result["delta_m_per_seed"] == [0.0, 0.0]
-    assert sold["verdict"] == "tie"
+    assert sold["verdict"] == result["delta_m_verdict"] == "tie"
     assert math.isnan(sold["p_value"])
+    assert "identically" in result["summary"] and "better" not in result["summary"]
 
 
 def test_compare_needs_a_test_split(tmp_path: Path, frame) -> None:
@@ -77,3 +90,103 @@ def test_each_stl_network_trains_on_its_own_labelled_rows(tmp_path: Path) -> Non
         splits.train.loc[price_rows, FEATURES[0]].mean(), rel=1e-5
     )
     assert runs["price"].metrics["test"]["price"]["n"] == splits.test["price"].notna().sum()
+
+
+def _result(stl: dict[str, list[float]], mtl: dict[str, list[float]], *, rows: int = 100) -> dict:
+    """``Comparison.to_json`` of given per-seed scores; task ``price`` is RMSE, ``sold`` AUC."""
+    tasks = [t for t in ALL_TASKS[:2] if t.name in stl]
+    scores = {
+        method: {t.name: [{t.primary_metric: v, "n": rows} for v in values[t.name]] for t in tasks}
+        for method, values in (("stl", stl), ("mtl", mtl))
+    }
+    seeds = list(range(len(next(iter(stl.values())))))
+    comparison = Comparison(tasks=tasks, seeds=seeds, scores=scores, seconds={"stl": 1, "mtl": 1})
+    return comparison.to_json()
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("n", [2, 3, 5, 10])
+def test_a_task_is_called_better_or_worse_only_when_the_test_says_so(seed: int, n: int) -> None:
+    rng = np.random.default_rng(seed)
+    stl = rng.uniform(50, 60, n)
+    mtl = stl + rng.normal(rng.choice([0.0, 2.0, -2.0]), 1.0, n)
+    task = _result({"price": list(stl)}, {"price": list(mtl)})["tasks"]["price"]
+    changes = (mtl - stl) / stl * 100  # RMSE: lower is better, so a drop is negative
+    lo, hi = task["relative_change_ci95"]
+    significant = stats.ttest_rel(mtl, stl).pvalue < 0.05 and (lo > 0 or hi < 0)
+    assert task["p_value"] == pytest.approx(stats.ttest_rel(mtl, stl).pvalue)
+    assert task["relative_change_per_seed"] == pytest.approx(list(changes))
+    assert lo < np.mean(changes) < hi
+    assert task["significant"] == significant
+    if significant:
+        assert task["verdict"] == (
+            "MTL significantly better" if hi < 0 else "MTL significantly worse"
+        )
+    else:
+        assert task["verdict"] == "no significant difference"
+
+
+def test_a_large_p_value_is_no_significant_difference() -> None:
+    stl = [57.0, 58.0, 56.0]
+    mtl = [55.0, 58.5, 56.2]  # better on average, p ≈ 0.6
+    result = _result(
+        {"price": stl, "sold": [0.85, 0.84, 0.86]}, {"price": mtl, "sold": [0.86, 0.83, 0.87]}
+    )
+    price = result["tasks"]["price"]
+    assert price["p_value"] > 0.5 and price["relative_change_percent"] < 0
+    assert price["verdict"] == "no significant difference"
+    assert not price["significant"]
+
+
+def test_the_summary_claims_no_winner_when_the_delta_m_interval_includes_zero() -> None:
+    result = _result(
+        {"price": [57.0, 58.0, 56.0], "sold": [0.85, 0.84, 0.86]},
+        {"price": [55.0, 58.5, 56.2], "sold": [0.86, 0.83, 0.87]},
+    )
+    lo, hi = result["delta_m_ci95"]
+    assert lo < 0 < hi and result["delta_m_percent"] < 0
+    assert result["delta_m_verdict"] == "no significant difference"
+    text = result["summary"]
+    assert text.startswith("No significant difference between MTL and STL on average")
+    assert f"Δm = {result['delta_m_percent']:+.2f}%" in text and f"[{lo:+.2f}, {hi:+.2f}]" in text
+    assert "better than STL" not in text and "WORSE" not in text
+
+
+def test_the_summary_names_a_significant_difference() -> None:
+    stl = {"price": [57.0, 58.0, 59.0], "sold": [0.85, 0.86, 0.87]}
+    better = _result(stl, {"price": [55.0, 56.0, 57.1], "sold": [0.86, 0.87, 0.88]})
+    assert better["delta_m_ci95"][1] < 0
+    assert better["delta_m_verdict"] == "MTL significantly better"
+    assert better["summary"].startswith("On average MTL is significantly better than STL")
+    assert "significantly better on 2/2 (price, sold)" in better["summary"]
+    worse = _result(stl, {"price": [59.0, 60.0, 61.1], "sold": [0.84, 0.85, 0.86]})
+    assert worse["delta_m_verdict"] == "MTL significantly worse"
+    assert "significantly WORSE than STL" in worse["summary"]
+    assert {t["verdict"] for t in worse["tasks"].values()} == {"MTL significantly worse"}
+
+
+def test_one_seed_is_not_enough_to_test() -> None:
+    result = _result({"price": [57.0], "sold": [0.85]}, {"price": [55.0], "sold": [0.86]})
+    for task in result["tasks"].values():
+        assert task["verdict"] == "not enough seeds to test (n=1)"
+        assert not task["significant"]
+    assert result["delta_m_verdict"] == "not enough seeds to test (n=1)"
+    assert "not enough seeds to test (n=1)" in result["summary"]
+    assert "nan" not in result["summary"].lower() and "better" not in result["summary"]
+    assert any("only 1 seed" in w for w in result["warnings"])
+
+
+@pytest.mark.parametrize("rows", [0, 4, 29, 30, 500])
+def test_few_labelled_test_rows_draw_a_warning(rows: int) -> None:
+    result = _result(
+        {"price": [57.0, 58.0, 56.0], "sold": [0.85, 0.84, 0.86]},
+        {"price": [55.0, 58.5, 56.2], "sold": [0.86, 0.83, 0.87]},
+        rows=rows,
+    )
+    few = [w for w in result["warnings"] if "labelled test rows" in w]
+    assert result["few_test_rows_threshold"] == FEW_TEST_ROWS == 30
+    if rows < FEW_TEST_ROWS:
+        assert len(few) == 2 and f"only {rows} labelled test rows" in few[0]
+        assert all(f"Warning: {w}." in result["summary"] for w in few)
+    else:
+        assert few == [] and "Warning" not in result["summary"]
