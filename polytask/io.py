@@ -12,6 +12,7 @@ import json
 import math
 import os
 import platform
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +26,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .config import Config, ModelConfig, parse_config
-from .data import Preprocessor, TaskData
-from .errors import PolytaskError, RunError
+from .data import Preprocessor, TaskData, read_table
+from .errors import DataError, PolytaskError, RunError
 from .evaluate import task_scores
 from .models import MultiTaskModel, Trunk, build_model
 from .tasks import Task
@@ -89,6 +90,32 @@ def _load_weights(model: nn.Module, tensors: Mapping[str, torch.Tensor], path: P
         raise RunError(f"weights in {str(path)!r} do not fit the model: {first}") from None
 
 
+def as_frame(data: Any, features: list[str]) -> pd.DataFrame:
+    """The table given to ``predict`` / ``evaluate`` as a DataFrame, or a DataError that says
+    what is accepted."""
+    if isinstance(data, pd.DataFrame):
+        return data
+    if isinstance(data, (str, Path)):
+        return read_table(data)
+    if isinstance(data, Mapping):
+        try:
+            return pd.DataFrame(dict(data))
+        except ValueError as exc:
+            raise DataError(f"cannot make a table from the mapping: {exc}") from None
+    if isinstance(data, (np.ndarray, torch.Tensor)):
+        array = np.asarray(data)
+        if array.ndim != 2 or array.shape[1] != len(features):
+            raise DataError(
+                f"an array input must have shape (rows, {len(features)}) with the inputs in this "
+                f"order: {', '.join(features)}; got shape {array.shape}"
+            )
+        return pd.DataFrame(array, columns=features)
+    raise DataError(
+        "expected a pandas DataFrame, a mapping of columns, a CSV/Parquet path or a 2-D array; "
+        f"got {type(data).__name__}"
+    )
+
+
 @dataclass
 class Run:
     """A fitted multi-task model with its preprocessing, config, history and scores."""
@@ -129,16 +156,22 @@ class Run:
         self, frame: pd.DataFrame, *, include_auxiliary: bool = False
     ) -> dict[str, np.ndarray]:
         """Decoded predictions per task (main tasks only unless ``include_auxiliary``)."""
+        frame = as_frame(frame, self.preprocessor.features)
         data = TaskData.from_frame(frame, self.preprocessor, tasks=[])
         outputs = self._outputs(data)
         tasks = self.tasks if include_auxiliary else self.main_tasks
         return {t.name: self.preprocessor.decode(t, outputs[t.name]) for t in tasks}
 
-    def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
+    def predict(
+        self, frame: pd.DataFrame | Mapping[str, Any] | np.ndarray | str | Path
+    ) -> pd.DataFrame:
         """One column per main task (``TASK:CLASS`` probabilities for classifiers), rows kept.
 
-        Only the feature columns are needed; target and auxiliary columns are ignored.
+        ``frame``: a DataFrame, a mapping of columns, a CSV/Parquet path, or a 2-D array whose
+        columns are the inputs in the order of ``preprocessor.features``. Only the inputs are
+        needed; target and auxiliary columns are ignored.
         """
+        frame = as_frame(frame, self.preprocessor.features)
         arrays = self.predict_arrays(frame)
         columns: dict[str, np.ndarray] = {}
         for task in self.main_tasks:
@@ -174,10 +207,16 @@ class Run:
             scores[task.name] = task_scores(task, truth, pred)
         return scores
 
-    def evaluate(self, frame: pd.DataFrame) -> dict[str, dict[str, float]]:
-        """Metrics per task on a labelled table. Main-task target columns are required;
-        auxiliary tasks are scored too when their columns are present."""
-        present = [t for t in self.tasks if t.is_main or all(c in frame.columns for c in t.columns)]
+    def evaluate(self, frame: pd.DataFrame | str | Path) -> dict[str, dict[str, float]]:
+        """Metrics per task on a labelled table (a DataFrame or a CSV/Parquet path): every task,
+        main or auxiliary, whose label columns are present is scored over its labelled rows."""
+        frame = as_frame(frame, self.preprocessor.features)
+        present = [t for t in self.tasks if all(c in frame.columns for c in t.columns)]
+        if not present:
+            raise DataError(
+                "evaluate: the data has no task's label column (tasks: "
+                f"{', '.join(c for t in self.tasks for c in t.columns)})"
+            )
         data = TaskData.from_frame(frame, self.preprocessor, tasks=present)
         return self.score(data)
 
@@ -214,6 +253,53 @@ class Run:
                 plot_weights(self.history, directory / "plots", balancer=self.config.train.balancer)
         self.directory = directory
         return directory
+
+
+RUN_FILES = (
+    "model.safetensors",
+    "model.json",
+    "preprocess.json",
+    "tasks.json",
+    "config.yaml",
+    "metrics.json",
+    "signals.json",
+    "history.csv",
+)
+
+
+def holds_run(directory: Path) -> bool:
+    """True when ``directory`` holds (part of) a run: its files or a checkpoint."""
+    return any((directory / name).exists() for name in (*RUN_FILES, "checkpoint"))
+
+
+def check_run_dir(directory: str | Path, *, resume: bool = False, overwrite: bool = False) -> Path:
+    """Make sure a run can be written to ``directory`` before any training starts.
+
+    A file in the way, an existing run (unless resuming it or ``overwrite``) and a folder that
+    cannot be created are errors; with ``overwrite`` the old run's files are removed first, so
+    nothing of the old run (plots of tasks it had, its checkpoint) is mixed into the new one.
+    """
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise RunError(f"run directory {str(directory)!r} is a file")
+    if directory.is_dir() and holds_run(directory) and not resume:
+        if not overwrite:
+            raise RunError(
+                f"{str(directory)!r} already holds a run; write to another directory, resume "
+                "it or replace it (CLI: --resume / --overwrite; Python: resume= / overwrite=)"
+            )
+        for name in RUN_FILES:
+            (directory / name).unlink(missing_ok=True)
+        for name in ("checkpoint", "plots"):
+            if (directory / name).is_dir():
+                shutil.rmtree(directory / name)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunError(f"cannot create run directory {str(directory)!r}: {exc.strerror}") from None
+    if not os.access(directory, os.W_OK):
+        raise RunError(f"run directory {str(directory)!r} is not writable")
+    return directory
 
 
 def versions() -> dict[str, str]:
@@ -314,6 +400,11 @@ def _unflatten_optimizer(
     return {"state": state, "param_groups": plain["param_groups"]}
 
 
+def _pop_prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """Remove the entries named ``prefix…`` from ``tensors``; return them without the prefix."""
+    return {k.removeprefix(prefix): tensors.pop(k) for k in list(tensors) if k.startswith(prefix)}
+
+
 def save_checkpoint(
     directory: Path,
     *,
@@ -322,14 +413,19 @@ def save_checkpoint(
     balancer: Any,
     state: dict[str, Any],
     best_model: Mapping[str, torch.Tensor],
-    generator: torch.Tensor,
+    rng: Mapping[str, torch.Tensor],
 ) -> None:
-    """Everything needed to resume training, written file by file with atomic replaces."""
+    """Everything needed to resume training, written file by file with atomic replaces.
+
+    ``rng`` holds the states of the random generators by name (torch's, the shuffle's), saved
+    as byte tensors beside the optimizer state.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     _atomic_save_tensors(dict(model.state_dict()), directory / "model.safetensors")
     _atomic_save_tensors(dict(best_model), directory / "best.safetensors")
     opt_tensors, opt_plain = _flatten_optimizer(optimizer.state_dict())
-    opt_tensors["__generator__"] = generator
+    for name, value in rng.items():
+        opt_tensors[f"__rng__.{name}"] = value
     for name, value in balancer.state_dict().items():
         opt_tensors[f"__balancer__.{name}"] = value
     _atomic_save_tensors(opt_tensors, directory / "optimizer.safetensors")
@@ -339,17 +435,18 @@ def save_checkpoint(
 def load_checkpoint(
     directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, balancer: Any
 ) -> dict[str, Any]:
-    """Restore model, optimizer and balancer in place; return the loop state."""
+    """Restore model, optimizer and balancer in place; return the loop state (with ``rng``,
+    the generator states given to ``save_checkpoint``)."""
     state = _read_json(directory / "state.json")
     model_path = directory / "model.safetensors"
     _load_weights(model, _load_tensors(model_path), model_path)
     tensors = _load_tensors(directory / "optimizer.safetensors")
-    generator = tensors.pop("__generator__")
-    balancer_state = {
-        k.removeprefix("__balancer__."): tensors.pop(k)
-        for k in list(tensors)
-        if k.startswith("__balancer__.")
-    }
+    rng, balancer_state = (
+        _pop_prefixed(tensors, "__rng__."),
+        _pop_prefixed(tensors, "__balancer__."),
+    )
+    if "__generator__" in tensors:  # checkpoints before the RNG states: the shuffle's only
+        rng["shuffle"] = tensors.pop("__generator__")
     try:
         optimizer.load_state_dict(_unflatten_optimizer(tensors, state.pop("optimizer")))
     except (KeyError, ValueError) as exc:
@@ -357,7 +454,7 @@ def load_checkpoint(
     balancer.load_state_dict(balancer_state)
     best_path = directory / "best.safetensors"
     state["best_model"] = _load_tensors(best_path)
-    state["generator"] = generator
+    state["rng"] = rng
     if state.get("best_objective") is None:
         state["best_objective"] = math.inf
     state["records"] = [

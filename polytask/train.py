@@ -25,7 +25,7 @@ from . import io
 from .balancing import Balancer, make_balancer
 from .config import Config, TrainConfig
 from .data import Preprocessor, Splits, TaskData, read_table, split_indices
-from .errors import ConfigError, RunError
+from .errors import ConfigError, DataError, RunError
 from .losses import TaskLosses, TaskLossValues
 from .models import MultiTaskModel, Trunk, build_model
 from .tasks import Task, check_tasks
@@ -46,6 +46,10 @@ def resolve_device(name: str) -> torch.device:
         ) from exc
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"train.device: {name!r} was asked for but CUDA is not available")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"train.device: {name!r} was asked for but MPS is not available")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"train.device: {name!r} is not supported (auto, cpu, cuda, cuda:N, mps)")
     return device
 
 
@@ -201,11 +205,14 @@ class Trainer:
             best = (state["best_objective"], state["best_model"])
             bad_epochs, start_epoch = state["bad_epochs"], state["epoch"] + 1
             history.best_epoch = state["best_epoch"]
-            generator.set_state(state["generator"])
+            # a run that stopped early is finished: resuming it trains nothing more
+            history.stopped_early = bool(state.get("stopped_early"))
+            self._set_rng_states(state["rng"], generator)
             if self.scheduler is not None and state.get("scheduler"):
                 self.scheduler.load_state_dict(state["scheduler"])
 
-        for epoch in range(start_epoch, cfg.epochs + 1):
+        last_epoch = start_epoch - 1 if history.stopped_early else cfg.epochs
+        for epoch in range(start_epoch, last_epoch + 1):
             started = time.perf_counter()
             record = self._train_epoch(train, generator)
             record["epoch"] = epoch
@@ -232,6 +239,7 @@ class Trainer:
                         self.scheduler.step(objective)
                 else:
                     self.scheduler.step()
+            history.stopped_early = cfg.patience is not None and bad_epochs >= cfg.patience
             if checkpoint_dir is not None and self.rank == 0:
                 io.save_checkpoint(
                     checkpoint_dir,
@@ -244,19 +252,40 @@ class Trainer:
                         "best_objective": best[0],
                         "best_epoch": history.best_epoch,
                         "bad_epochs": bad_epochs,
+                        "stopped_early": history.stopped_early,
                         "scheduler": self.scheduler.state_dict() if self.scheduler else None,
                     },
                     best_model=best[1],
-                    generator=generator.get_state(),
+                    rng=self._rng_states(generator),
                 )
             if self.callback is not None:
                 self.callback(record)
-            if cfg.patience is not None and bad_epochs >= cfg.patience:
-                history.stopped_early = True
+            if history.stopped_early:
                 break
         self.model.load_state_dict(best[1])
         self.model.eval()
         return history
+
+    def _rng_states(self, shuffle: torch.Generator) -> dict[str, Tensor]:
+        """Every generator training draws from: the shuffle's, torch's CPU one (dropout, the
+        balancers that draw from it) and the device's. Ranks draw alike (one seed, equal
+        shards), so rank 0's states are every rank's."""
+        states = {"shuffle": shuffle.get_state(), "torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            states["cuda"] = torch.cuda.get_rng_state(self.device)
+        elif self.device.type == "mps":
+            states["mps"] = torch.mps.get_rng_state()
+        return states
+
+    def _set_rng_states(self, states: dict[str, Tensor], shuffle: torch.Generator) -> None:
+        """Restore what ``_rng_states`` saved (older checkpoints hold the shuffle's only)."""
+        shuffle.set_state(states["shuffle"])
+        if "torch" in states:
+            torch.set_rng_state(states["torch"])
+        if "cuda" in states and self.device.type == "cuda":
+            torch.cuda.set_rng_state(states["cuda"], self.device)
+        elif "mps" in states and self.device.type == "mps":
+            torch.mps.set_rng_state(states["mps"])
 
     def _sync_context(self):
         """DDP's gradient hooks, unless the balancer writes ``.grad`` itself (then skipped)."""
@@ -347,10 +376,30 @@ def resolve_tasks(config: Config) -> list[Task]:
     return load_dataset(config.data.dataset).tasks  # type: ignore[arg-type]
 
 
+def _table(source: Any) -> pd.DataFrame:
+    """A data table given as a path (read) or, from Python, a DataFrame (copied)."""
+    return source.copy() if isinstance(source, pd.DataFrame) else read_table(source)
+
+
+def _drop(frame: pd.DataFrame, columns: Sequence[str], *, check: bool) -> pd.DataFrame:
+    """``frame`` without ``columns``; with ``check``, a column it lacks is an error (a typo in
+    data.drop would otherwise leave a leaking column in place without a word)."""
+    if check:
+        unknown = [c for c in columns if c not in frame.columns]
+        if unknown:
+            shown = ", ".join(str(c) for c in list(frame.columns)[:30])
+            raise DataError(f"data.drop: columns {unknown} are not in the data (columns: {shown})")
+    return frame.drop(columns=list(columns), errors="ignore")
+
+
 def load_splits(config: Config, frame: pd.DataFrame | None = None) -> Splits:
     """The fixed train/validation/test tables for a config: its files or registered data set,
     or ``frame`` in place of ``data.train`` (split by the config's fractions and seed). With
-    ``signals.horizons`` the table is windowed and split by time (``signals.horizon_splits``)."""
+    ``signals.horizons`` the table is windowed and split by time (``signals.horizon_splits``).
+
+    Rows keep their labels from the source table (a file's row positions), so a data error
+    names the row as the user finds it.
+    """
     data = config.data
     if frame is None and data.dataset is None and data.train is None:
         raise ConfigError("data: give data.train (a CSV or Parquet file) or data.dataset")
@@ -358,28 +407,23 @@ def load_splits(config: Config, frame: pd.DataFrame | None = None) -> Splits:
         from .datasets import load_dataset
 
         ds = load_dataset(data.dataset)
-        frame = ds.frame.drop(columns=data.drop)
-        return Splits(
-            *(
-                frame.iloc[ds.splits[k]].reset_index(drop=True)
-                for k in ("train", "validation", "test")
-            )
-        )
-    source = frame if frame is not None else read_table(data.train)  # type: ignore[arg-type]
-    train = source.drop(columns=data.drop, errors="ignore")
+        full = _drop(ds.frame, data.drop, check=True)
+        return Splits(*(full.iloc[ds.splits[k]] for k in ("train", "validation", "test")))
+    source = frame.copy() if frame is not None else _table(data.train)
+    train = _drop(source, data.drop, check=True)
     if config.signals is not None and config.signals.horizons is not None:
         from .signals import horizon_splits
 
         return horizon_splits(
-            train,
+            train.reset_index(drop=True),
             config.signals.horizons,
             validation_fraction=data.validation_fraction,
             test_fraction=data.test_fraction,
         )
-    test = read_table(data.test).drop(columns=data.drop, errors="ignore") if data.test else None
+    test = _drop(_table(data.test), data.drop, check=False) if data.test is not None else None
     validation = (
-        read_table(data.validation).drop(columns=data.drop, errors="ignore")
-        if data.validation
+        _drop(_table(data.validation), data.drop, check=False)
+        if data.validation is not None
         else None
     )
     test_fraction = 0.0 if test is not None else data.test_fraction
@@ -389,10 +433,10 @@ def load_splits(config: Config, frame: pd.DataFrame | None = None) -> Splits:
             len(train), seed=data.split_seed, validation=val_fraction, test=test_fraction
         )
         if test is None:
-            test = train.iloc[idx["test"]].reset_index(drop=True)
+            test = train.iloc[idx["test"]]
         if validation is None:
-            validation = train.iloc[idx["validation"]].reset_index(drop=True)
-        train = train.iloc[idx["train"]].reset_index(drop=True)
+            validation = train.iloc[idx["validation"]]
+        train = train.iloc[idx["train"]]
     empty = train.iloc[:0]
     return Splits(
         train, validation if validation is not None else empty, test if test is not None else empty
@@ -431,15 +475,19 @@ def fit(
     trunk: Trunk | None = None,
     callback: Callable[[dict[str, float]], None] | None = None,
     resume: bool = False,
+    overwrite: bool = False,
 ) -> io.Run:
     """Train the configured multi-task model and return the run (saved to ``out`` if given).
 
     ``frame`` stands in for ``data.train``; ``splits`` overrides the data altogether (used by
     ``compare`` so every model sees the same tables); ``config.signals`` are applied to the
     tables (fitted on the training table) and saved in the run; ``trunk`` plugs in a user's own
-    shared ``nn.Module``, or a factory called with the encoded input width.
+    shared ``nn.Module``, or a factory called with the encoded input width. An ``out`` that
+    already holds a run is an error unless ``resume`` or ``overwrite`` is set.
     """
     init_distributed()
+    if out is not None and _distributed()[0] == 0:
+        io.check_run_dir(out, resume=resume, overwrite=overwrite)
     tasks = resolve_tasks(config)
     if splits is None:
         splits = load_splits(config, frame)

@@ -145,6 +145,50 @@ def test_resume_continues_where_training_stopped(tmp_path: Path, optimizer: str)
     assert pt.load(tmp_path / "run").history["epoch"].tolist() == [1, 2, 3, 4, 5, 6]
 
 
+@pytest.mark.parametrize("balancer", ["fixed", "rlw", "famo"])
+def test_resume_with_dropout_and_stateful_balancers_is_exact(tmp_path: Path, balancer: str) -> None:
+    # dropout draws from torch's generator, RLW from its own; FAMO keeps Adam moments of ξ
+    splits = make_splits(make_frame(n=160, seed=9, missing=0.2))
+    config = make_config(
+        tmp_path / "unused.csv", epochs=5, model={"dropout": 0.3}, balancer=balancer
+    )
+    shorter = config.model_copy(update={"train": config.train.model_copy(update={"epochs": 2})})
+
+    straight = pt.fit(config, splits=splits)
+    pt.fit(shorter, splits=splits, out=tmp_path / "run")
+    resumed = pt.fit(config, splits=splits, out=tmp_path / "run", resume=True)
+
+    columns = [c for c in straight.history if c not in ("seconds", "lr")]
+    pd.testing.assert_frame_equal(
+        resumed.history[columns], straight.history[columns], check_exact=True
+    )
+    assert _state_equal(resumed.model, straight.model)
+
+
+@pytest.mark.parametrize("ending", ["stopped early", "used its epochs"])
+def test_resuming_a_finished_run_trains_nothing(tmp_path: Path, ending: str) -> None:
+    splits = make_splits(make_frame(n=160, seed=7, missing=0.2), validation=60)
+    if ending == "stopped early":
+        config = make_config(tmp_path / "unused.csv", epochs=200, patience=2, lr=0.05)
+    else:
+        config = make_config(tmp_path / "unused.csv", epochs=2)
+    first = pt.fit(config, splits=splits, out=tmp_path / "run")
+    trained: list[int] = []
+    again = pt.fit(
+        config,
+        splits=splits,
+        out=tmp_path / "run",
+        resume=True,
+        callback=lambda r: trained.append(r["epoch"]),
+    )
+    assert trained == []
+    pd.testing.assert_frame_equal(again.history, first.history, check_exact=True)
+    assert again.metrics["stopped_early"] == first.metrics["stopped_early"]
+    assert first.metrics["stopped_early"] == (ending == "stopped early")
+    assert again.metrics["best_epoch"] == first.metrics["best_epoch"]
+    assert _state_equal(again.model, first.model)
+
+
 def test_resume_without_a_checkpoint_is_an_error(tmp_path: Path, csv_path: Path) -> None:
     config = make_config(csv_path, epochs=1)
     with pytest.raises(pt.RunError, match=r"cannot resume: no checkpoint in '.*fresh"):

@@ -376,12 +376,25 @@ class FAMO(Balancer):
         return _as_dict(names, weights)
 
     def state_dict(self) -> dict[str, Tensor]:
-        return {"logits": self.logits.detach().clone()}
+        # ξ's Adam moments and the last step's log-losses too: without them a resumed run
+        # takes a different next step than an uninterrupted one
+        state = {"logits": self.logits.detach().clone()}
+        for key, value in self.optimizer.state_dict()["state"].get(0, {}).items():
+            state[f"adam.{key}"] = value.clone()
+        if self.previous is not None:
+            state["previous"] = self.previous.clone()
+        return state
 
     def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
         if "logits" in state:
             with torch.no_grad():
                 self.logits.copy_(state["logits"])
+        adam = {k.removeprefix("adam."): v for k, v in state.items() if k.startswith("adam.")}
+        if adam:
+            groups = self.optimizer.state_dict()["param_groups"]
+            self.optimizer.load_state_dict({"state": {0: adam}, "param_groups": groups})
+        if "previous" in state:
+            self.previous = state["previous"].clone()
 
 
 class GeometricOptions(BaseModel):
