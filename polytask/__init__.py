@@ -28,7 +28,7 @@ from .config import (
 )
 from .data import Preprocessor, Splits, TaskData, read_table, split_indices
 from .datasets import DATASETS, load_dataset
-from .errors import ConfigError, DataError, PolytaskError, RunError
+from .errors import ConfigError, DataError, PolytaskError, PolytaskWarning, RunError
 from .io import Run, load
 from .models import ARCHITECTURES, MLP, MultiTaskModel, build_model
 from .tasks import KINDS, Task
@@ -49,6 +49,7 @@ __all__ = [
     "ModelConfig",
     "MultiTaskModel",
     "PolytaskError",
+    "PolytaskWarning",
     "Preprocessor",
     "Run",
     "RunError",

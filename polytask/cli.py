@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .errors import PolytaskError
+from .errors import PolytaskError, RunError
 
 app = typer.Typer(
     add_completion=False,
@@ -70,22 +70,31 @@ def _scores_table(title: str, scores: dict[str, dict[str, float]], tasks: list[A
 
 @app.command()
 def fit(
-    config: Path = typer.Argument(..., help="YAML config file."),
+    config: Path = typer.Argument(..., metavar="CONFIG", help="YAML config file."),
     out: Path = typer.Option(..., "--out", "-o", help="Run directory to write."),
-    resume: bool = typer.Option(False, help="Continue from the checkpoint in RUN_DIR."),
+    resume: bool = typer.Option(False, help="Continue from the checkpoint in --out."),
+    overwrite: bool = typer.Option(False, help="Replace the run already in --out."),
     quiet: bool = QUIET,
 ) -> None:
     """Train the multi-task model of CONFIG and write a run directory."""
     from .config import load_config
+    from .io import check_run_dir
     from .train import fit as fit_run
 
     cfg = load_config(config)
+    check_run_dir(out, resume=resume, overwrite=overwrite)  # before any training
     lead = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 reports
     progress, callback = _epoch_progress(cfg.train.epochs, quiet or not lead, "training")
     with progress:
-        run = fit_run(cfg, out=out, callback=callback, resume=resume)
+        run = fit_run(cfg, out=out, callback=callback, resume=resume, overwrite=overwrite)
     if not lead:
         return
+    features = run.preprocessor.features
+    if not quiet:
+        console.print(
+            f"inputs ({len(features)} columns, saved in preprocess.json): "
+            + escape(", ".join(features[:30]) + (", ..." if len(features) > 30 else ""))
+        )
     if not quiet:
         console.print(
             f"best epoch {run.metrics['best_epoch']} "
@@ -98,10 +107,25 @@ def fit(
     console.print(f"run written to {out}")
 
 
+def _check_output_file(path: Path) -> None:
+    """A file can be written at ``path`` (its folder is created); checked before any work."""
+    if path.is_dir():
+        raise RunError(f"--out {str(path)!r} is a directory; give a file name such as pred.csv")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        folder = str(path.parent)
+        raise RunError(f"--out: cannot create the folder {folder!r}: {exc.strerror}") from None
+    if not os.access(path.parent, os.W_OK):
+        raise RunError(f"--out: the folder {str(path.parent)!r} is not writable")
+
+
 @app.command()
 def predict(
-    run_dir: Path = typer.Argument(..., help="Run directory written by `fit`."),
-    data: Path = typer.Argument(..., help="CSV or Parquet file with the feature columns."),
+    run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="Run directory written by `fit`."),
+    data: Path = typer.Argument(
+        ..., metavar="DATA", help="CSV or Parquet file with the feature columns."
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="CSV file to write."),
 ) -> None:
     """Predict every main task for the rows of DATA (row order kept). For a run trained with
@@ -109,6 +133,7 @@ def predict(
     from .data import read_table
     from .io import load
 
+    _check_output_file(out)
     run = load(run_dir)
     frame = read_table(data)
     horizons = run.config.signals.horizons if run.config.signals is not None else None
@@ -125,9 +150,9 @@ def predict(
 
 @app.command()
 def evaluate(
-    run_dir: Path = typer.Argument(..., help="Run directory written by `fit`."),
+    run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="Run directory written by `fit`."),
     data: Path = typer.Argument(
-        ..., help="CSV or Parquet file with features and main-task labels."
+        ..., metavar="DATA", help="CSV or Parquet file with features and labels (any task)."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
@@ -212,7 +237,7 @@ class _Null:
 
 @app.command()
 def compare(
-    config: Path = typer.Argument(..., help="YAML config file."),
+    config: Path = typer.Argument(..., metavar="CONFIG", help="YAML config file."),
     seeds: int = typer.Option(3, min=1, help="Number of seeds (train.seed, train.seed+1, ...)."),
     out: Path = typer.Option(
         None, "--out", "-o", help="Directory for comparison.json and the plot."
@@ -274,30 +299,48 @@ def balancers() -> None:
     console.print(table)
 
 
-def main() -> None:
-    """Entry point: library errors become one red line and exit status 2, not a traceback."""
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        console.print(f"polytask {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Multi-task learning on PyTorch: fit, predict, evaluate and compare against STL."""
+
+
+def _print_error(exc: BaseException) -> None:
+    # soft_wrap: one line however long; escape: brackets in the message are not markup.
+    errors.print(
+        f"[bold red]error:[/bold red] {type(exc).__name__}: {escape(str(exc))}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point. Usage mistakes print the usage and exit 2 (Typer's standalone mode does
+    that); polytask's own errors become one red line and exit 2; Ctrl-C exits 130."""
+    code: int | str | None = 0
     try:
-        app(standalone_mode=False)
-        if "torch.distributed" in sys.modules:  # under torchrun: all ranks leave together
-            from .train import shutdown_distributed
-
-            shutdown_distributed()
+        app(args=argv, prog_name="polytask")
+    except SystemExit as exc:
+        code = exc.code
     except PolytaskError as exc:
-        # soft_wrap: one line however long; escape: brackets in the message are not markup.
-        errors.print(
-            f"[bold red]error:[/bold red] {type(exc).__name__}: {escape(str(exc))}",
-            highlight=False,
-            soft_wrap=True,
-        )
-        sys.exit(2)
-    except (typer.Exit, SystemExit) as exc:
-        sys.exit(getattr(exc, "exit_code", getattr(exc, "code", 0)))
-    except typer.Abort:
-        sys.exit(1)
-    except Exception as exc:  # click usage errors
-        import click
+        _print_error(exc)
+        code = 2
+    except KeyboardInterrupt:
+        errors.print("interrupted", highlight=False)
+        code = 130
+    if "torch.distributed" in sys.modules:  # under torchrun: all ranks leave together
+        from .train import shutdown_distributed
 
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
+        shutdown_distributed()
+    sys.exit(code)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
+import pandas as pd
 import yaml
 from pydantic import (
     BaseModel,
@@ -20,7 +21,7 @@ from pydantic import (
 )
 
 from .errors import ConfigError, one_of
-from .tasks import KINDS, Task, check_tasks
+from .tasks import KINDS, FriendlyErrors, Task, check_tasks
 
 
 def _known(name: str, registry: Mapping[str, Any], what: str) -> str:
@@ -30,17 +31,29 @@ def _known(name: str, registry: Mapping[str, Any], what: str) -> str:
     return name
 
 
-class _Section(BaseModel):
+class _Section(BaseModel, metaclass=FriendlyErrors):
     model_config = ConfigDict(extra="forbid")
+    _section: ClassVar[str] = ""
+
+
+Table = Path | pd.DataFrame
+"""A CSV/Parquet path, or (from Python) a DataFrame held in memory."""
+
+#: Keys that split or locate a data file; a registered data set has fixed splits instead.
+_FILE_ONLY = ("validation", "test", "validation_fraction", "test_fraction", "split_seed")
 
 
 class DataConfig(_Section):
-    """Where the data comes from and how it is split and encoded."""
+    """Where the data comes from and how it is split and encoded. ``train``, ``validation``
+    and ``test`` are CSV/Parquet paths or, from Python, DataFrames (not written to YAML)."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+    _section: ClassVar[str] = "data"
 
     dataset: str | None = None
-    train: Path | None = None
-    validation: Path | None = None
-    test: Path | None = None
+    train: Table | None = None
+    validation: Table | None = None
+    test: Table | None = None
     features: list[str] | None = None
     categorical: list[str] = Field(default_factory=list)
     drop: list[str] = Field(default_factory=list)
@@ -58,11 +71,28 @@ class DataConfig(_Section):
 
             if self.dataset not in DATASETS:
                 raise ValueError(f"dataset {self.dataset!r} is not known ({one_of(DATASETS)})")
+            given = [k for k in _FILE_ONLY if k in self.model_fields_set]
+            if given:
+                raise ValueError(
+                    f"{', '.join(given)}: a registered data set comes with fixed splits; "
+                    f"{', '.join(_FILE_ONLY)} apply to data.train files only"
+                )
         return self
+
+    @field_validator("train", "validation", "test", mode="before")
+    @classmethod
+    def _path_or_frame(cls, value: Any) -> Any:
+        if value is None or isinstance(value, (str, Path, pd.DataFrame)):
+            return value
+        raise ValueError(
+            f"a CSV/Parquet path or a pandas DataFrame is needed, got {type(value).__name__}"
+        )
 
 
 class ModelConfig(_Section):
     """Architecture and sizes of the shared network and the task heads."""
+
+    _section: ClassVar[str] = "model"
 
     architecture: str = "hard_sharing"
     shared: list[PositiveInt] = Field(default_factory=lambda: [64, 64])
@@ -90,6 +120,8 @@ class ModelConfig(_Section):
 class TrainConfig(_Section):
     """Optimization: balancer, optimizer, budget, early stopping, seed and device."""
 
+    _section: ClassVar[str] = "train"
+
     balancer: str = "fixed"
     balancer_options: dict[str, Any] = Field(default_factory=dict)
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
@@ -111,6 +143,21 @@ class TrainConfig(_Section):
         from .balancing import BALANCERS
 
         return _known(name, BALANCERS, "a balancer")
+
+    @field_validator("device")
+    @classmethod
+    def _device_name(cls, name: str) -> str:
+        import torch
+
+        if name == "auto":
+            return name
+        try:
+            device = torch.device(name)
+        except (RuntimeError, ValueError):
+            device = None
+        if device is None or device.type not in ("cpu", "cuda", "mps"):
+            raise ValueError(f"{name!r} is not a device (auto, cpu, cuda, cuda:N, mps)")
+        return name
 
     @field_validator("balancer_options")
     @classmethod
@@ -222,6 +269,8 @@ RULES = ("above_quantile", "below_quantile", "above", "below", "equals")
 class SignalsConfig(_Section):
     """Extra training signals, each turned into tasks on the raw tables (see docs/signals.md)."""
 
+    _section: ClassVar[str] = "signals"
+
     auxiliary_from: list[AuxiliaryColumn] = Field(default_factory=list)
     promote: list[PromotedColumn] = Field(default_factory=list)
     horizons: HorizonsSignal | None = None
@@ -267,10 +316,37 @@ class Config(_Section):
             )
         if self.tasks is not None and not horizons:
             check_tasks(self.tasks)
+        for i, task in enumerate(self.tasks or []):
+            if ":" in task.name and task.is_main:
+                raise ValueError(
+                    f"tasks[{i}].name: {task.name!r} contains ':', which separates task and "
+                    "class in prediction columns (TASK:CLASS); a main task's name cannot"
+                )
+        owner: dict[str, str] = {}
+        for i, task in enumerate(self.tasks or []):
+            for column in task.columns:
+                if column in owner:
+                    raise ValueError(
+                        f"tasks[{i}].target: column {column!r} is already the target of task "
+                        f"{owner[column]!r}; for another view of one target use "
+                        "signals.represent"
+                    )
+                owner[column] = task.name
         return self
 
     def to_yaml(self) -> str:
-        data = self.model_dump(mode="json", by_alias=True)
+        # DataFrames given from Python are not written: the YAML names files only.
+        data = self.model_copy(
+            update={
+                "data": self.data.model_copy(
+                    update={
+                        k: None
+                        for k in ("train", "validation", "test")
+                        if isinstance(getattr(self.data, k), pd.DataFrame)
+                    }
+                )
+            }
+        ).model_dump(mode="json", by_alias=True)
         if data.get("signals") is None:
             data.pop("signals", None)
         return yaml.safe_dump(data, sort_keys=False)
@@ -288,8 +364,10 @@ def _location(loc: tuple[Any, ...]) -> str:
     return out
 
 
-def format_validation_error(exc: ValidationError, model: type[BaseModel] = Config) -> str:
-    """One line per problem: ``field.path: what is wrong``."""
+def format_validation_error(
+    exc: ValidationError, model: type[BaseModel] = Config, prefix: str = ""
+) -> str:
+    """One line per problem: ``field.path: what is wrong`` (``prefix`` names the section)."""
     lines = []
     for err in exc.errors():
         loc = _location(tuple(p for p in err["loc"] if p not in ("str", "list[str]")))
@@ -301,9 +379,16 @@ def format_validation_error(exc: ValidationError, model: type[BaseModel] = Confi
             if allowed:
                 msg += f" (allowed: {one_of(allowed)})"
         elif err["type"] not in ("value_error", "missing") and "input" in err:
-            msg = f"{err['input']!r}: {msg}"
+            msg = f"{_short(err['input'])}: {msg}"
+        loc = ".".join(p for p in (prefix, loc) if p)
         lines.append(f"{loc}: {msg}" if loc else msg)
     return "; ".join(dict.fromkeys(lines))
+
+
+def _short(value: Any) -> str:
+    """A value for an error message: its repr, or its type for large objects (a DataFrame)."""
+    text = repr(value)
+    return text if len(text) <= 80 else f"a {type(value).__name__}"
 
 
 def _allowed_keys(model: type[BaseModel], path: str) -> list[str]:

@@ -6,6 +6,7 @@ never imputed. Features are checked once here; the model code trusts what it rec
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from .errors import DataError
+from .errors import DataError, PolytaskWarning
 from .tasks import Task, check_tasks
 
 UNKNOWN = "<unknown>"
@@ -31,23 +32,40 @@ def read_table(path: str | Path) -> pd.DataFrame:
     try:
         if suffix.endswith((".parquet", ".pq")):
             try:
-                return pd.read_parquet(path)
+                frame = pd.read_parquet(path)
             except ImportError as exc:
                 raise DataError(
                     "reading Parquet needs pyarrow: pip install 'polytask[parquet]'"
                 ) from exc
-        return pd.read_csv(path)
+        frame = pd.read_csv(path)
     except DataError:
         raise
     except pd.errors.EmptyDataError as exc:
         raise DataError(f"data file {str(path)!r} is empty") from exc
     except Exception as exc:  # pandas raises many types for unreadable files
         raise DataError(f"cannot read data file {str(path)!r}: {exc}") from exc
+    if len(frame.columns) != len(set(frame.columns)):
+        raise DataError(f"data file {str(path)!r} repeats a column name")
+    # Rows keep their position in the file as index labels through every split, so an error
+    # names the row as the user finds it (see ``where``).
+    frame.attrs["source"] = path.name
+    return frame
 
 
 def _rows(index: Sequence[Any], limit: int = 5) -> str:
     shown = ", ".join(str(i) for i in list(index)[:limit])
     return shown + (", ..." if len(index) > limit else "")
+
+
+def where(data: pd.DataFrame | pd.Series, labels: Sequence[Any]) -> str:
+    """Rows as the user finds them: ``line 7 of data.csv`` for a table read from a file (its
+    rows keep their file positions as labels; line 1 is the header), else the index labels."""
+    labels = list(labels)
+    source = data.attrs.get("source")
+    plural = "s" if len(labels) > 1 else ""
+    if source is not None and all(isinstance(v, (int, np.integer)) for v in labels):
+        return f"line{plural} {_rows([int(v) + 2 for v in labels])} of {source}"
+    return f"row{plural} {_rows(labels)}"
 
 
 def _numeric(series: pd.Series, what: str) -> np.ndarray:
@@ -58,11 +76,11 @@ def _numeric(series: pd.Series, what: str) -> np.ndarray:
     bad = converted.isna() & series.notna()
     if bad.any():
         row = bad.idxmax()
-        raise DataError(f"{what} is not numeric: value {series[row]!r} in row {row}")
+        raise DataError(f"{what} is not numeric: value {series[row]!r} in {where(series, [row])}")
     values = converted.to_numpy(dtype=float)
     if np.isinf(values).any():
         raise DataError(
-            f"{what} has infinite values in rows {_rows(np.where(np.isinf(values))[0])}"
+            f"{what} has infinite values in {where(series, series.index[np.isinf(values)])}"
         )
     return values
 
@@ -133,6 +151,7 @@ class Preprocessor:
                         f"task {task.name!r}: target column {column!r} is not in the data "
                         f"(columns: {_rows(list(frame.columns), 12)})"
                     )
+        inferred = features is None
         if features is None:
             features = [c for c in frame.columns if c not in target_columns]
         else:
@@ -163,8 +182,10 @@ class Preprocessor:
             if nan.any():
                 if not impute:
                     raise DataError(
-                        f"feature {column!r} has {int(nan.sum())} missing values (rows "
-                        f"{_rows(frame.index[nan])}); set data.impute: true to fill them with "
+                        f"feature {column!r} has {int(nan.sum())} missing values "
+                        f"({where(frame, frame.index[nan])}); "
+                        + (_UNDECLARED.format(column=column) if inferred else "")
+                        + "if it is an input with gaps, set data.impute: true to fill them with "
                         "the training median and add a missing-indicator feature"
                     )
                 indicators.append(column)
@@ -180,6 +201,8 @@ class Preprocessor:
             c: sorted({_label_key(v) for v in frame[c].dropna().unique()}) for c in categorical
         }
 
+        if inferred:
+            _warn_suspect_inputs(frame, tasks, numeric, indicators)
         targets: dict[str, TargetSpec] = {}
         for task in tasks:
             targets[task.name] = _fit_target(task, frame)
@@ -223,8 +246,9 @@ class Preprocessor:
             nan = np.isnan(values)
             if nan.any() and not self.impute:
                 raise DataError(
-                    f"feature {column!r} has {int(nan.sum())} missing values (rows "
-                    f"{_rows(frame.index[nan])}); the model was trained without data.impute"
+                    f"feature {column!r} has {int(nan.sum())} missing values "
+                    f"({where(frame, frame.index[nan])}); the model was trained without "
+                    "data.impute"
                 )
             values = np.where(nan, self.medians[j], values)
             x_num[:, j] = (values - self.means[j]) / self.stds[j]
@@ -262,8 +286,8 @@ class Preprocessor:
                 key = _label_key(value)
                 if key not in lookup:
                     raise DataError(
-                        f"{what}: label {value!r} in row {series.index[i]} is not one of the "
-                        f"classes ({', '.join(spec.classes or [])})"
+                        f"{what}: label {value!r} in {where(series, [series.index[i]])} is not "
+                        f"one of the classes ({', '.join(spec.classes or [])})"
                     )
                 codes[i] = lookup[key]
             target = torch.from_numpy(codes)
@@ -274,9 +298,20 @@ class Preprocessor:
         mask = ~np.isnan(values)
         if task.kind == "count" and (values[mask] < 0).any():
             row = series.index[np.where(mask & (np.nan_to_num(values) < 0))[0][0]]
-            raise DataError(f"{what}: counts must be non-negative, got {series[row]} in row {row}")
+            raise DataError(
+                f"{what}: counts must be non-negative, got {series[row]} in {where(series, [row])}"
+            )
         scaled = (np.where(mask, values, spec.mean) - spec.mean) / spec.std
         return torch.from_numpy(scaled.astype(np.float32)), torch.from_numpy(mask)
+
+    def unlabelled(self, task: Task, n: int) -> tuple[Tensor, Tensor]:
+        """Targets and an all-False mask for ``n`` rows without this task's column."""
+        mask = torch.zeros(n, dtype=torch.bool)
+        if task.kind == "multilabel":
+            return torch.zeros(n, len(task.columns)), mask[:, None].expand(n, len(task.columns))
+        if task.kind == "multiclass":
+            return torch.zeros(n, dtype=torch.long), mask
+        return torch.zeros(n), mask
 
     def decode(self, task: Task, output: Tensor) -> np.ndarray:
         """Head output → prediction in the data's terms: value (regression, count), P(class 1)
@@ -345,6 +380,52 @@ class Preprocessor:
             targets={k: TargetSpec(**v) for k, v in data["targets"].items()},
             impute=bool(data["impute"]),
         )
+
+
+_UNDECLARED = (
+    "{column!r} is no task's target and became an input because data.features is not set: if "
+    "it is a label or a value not known at prediction time, add it to data.drop (or list the "
+    "inputs in data.features); "
+)
+
+#: An undeclared input this correlated with a task's target is named as a likely label.
+LEAK_CORRELATION = 0.999
+
+
+def _warn_suspect_inputs(
+    frame: pd.DataFrame, tasks: Sequence[Task], numeric: Sequence[str], gappy: Sequence[str]
+) -> None:
+    """Warn about inputs taken by default that look like labels: columns with missing values
+    (labels often have gaps, inputs rarely) and columns almost identical to a task's target."""
+    if gappy:
+        warnings.warn(
+            f"inputs with missing values, imputed: {', '.join(gappy)}. They are no task's "
+            "target and became inputs because data.features is not set; if one is a label or a "
+            "value not known at prediction time, add it to data.drop",
+            PolytaskWarning,
+            stacklevel=3,
+        )
+    if not numeric:
+        return
+    inputs = frame[list(numeric)].apply(pd.to_numeric, errors="coerce")
+    for task in tasks:
+        if task.kind == "multilabel" or not task.is_main:  # signals may copy inputs on purpose
+            continue
+        target = pd.to_numeric(frame[task.columns[0]], errors="coerce")
+        if target.notna().sum() < 10 or target.nunique() < 2:
+            continue
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            r = inputs.corrwith(target).abs()
+        close = r[r >= LEAK_CORRELATION]
+        for column, value in close.items():
+            warnings.warn(
+                f"input {column!r} is almost identical to the target of task {task.name!r} "
+                f"(|r| = {value:.3f}); if it is a copy of that label or derived from it, add it "
+                "to data.drop",
+                PolytaskWarning,
+                stacklevel=3,
+            )
 
 
 def _encode_binary_column(series: pd.Series, what: str) -> np.ndarray:
@@ -524,20 +605,31 @@ class TaskData:
         *,
         tasks: Sequence[Task] | None = None,
     ) -> TaskData:
-        """Encode ``frame`` with a fitted preprocessor; ``tasks`` picks the targets to encode."""
+        """Encode ``frame`` with a fitted preprocessor; ``tasks`` picks the targets to encode.
+
+        An auxiliary task whose column is absent (a training-only signal, such as a future
+        measurement, in a validation or test file) gets no labelled row; a main task's column
+        must be present.
+        """
         if len(frame) == 0:
             raise DataError("data: the table has no rows")
         tasks = preprocessor.tasks if tasks is None else list(tasks)
+        absent = {t.name for t in tasks if not all(c in frame.columns for c in t.columns)}
         for task in tasks:
-            for column in task.columns:
-                if column not in frame.columns:
-                    raise DataError(
-                        f"task {task.name!r}: target column {column!r} is not in the data"
-                    )
+            if task.name in absent and task.is_main:
+                missing = next(c for c in task.columns if c not in frame.columns)
+                source = frame.attrs.get("source")
+                raise DataError(
+                    f"task {task.name!r}: target column {missing!r} is not in "
+                    + (f"{source}" if source else "the data")
+                )
         x_num, x_cat = preprocessor.transform_features(frame)
         targets, masks = {}, {}
         for task in tasks:
-            targets[task.name], masks[task.name] = preprocessor.transform_target(task, frame)
+            if task.name in absent:
+                targets[task.name], masks[task.name] = preprocessor.unlabelled(task, len(frame))
+            else:
+                targets[task.name], masks[task.name] = preprocessor.transform_target(task, frame)
         return cls(x_num=x_num, x_cat=x_cat, targets=targets, masks=masks)
 
     def __len__(self) -> int:

@@ -19,6 +19,11 @@ class RunError(PolytaskError):
     """A run directory or checkpoint is missing, incomplete or corrupt."""
 
 
+class PolytaskWarning(UserWarning):
+    """Something polytask did that the user may not expect (a likely label used as an input,
+    a tiny test split): the run goes on, and the CLI prints it as one yellow line."""
+
+
 def one_of(values) -> str:
     """Format a collection of allowed values for an error message."""
     return ", ".join(str(v) for v in values)

@@ -8,9 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import ConfigError, one_of
 
@@ -54,7 +61,22 @@ KIND_METRICS: dict[str, tuple[str, ...]] = {
 }
 
 
-class Task(BaseModel):
+class FriendlyErrors(type(BaseModel)):  # type: ignore[misc]
+    """Metaclass: a model built from Python (``pt.Task(...)``, ``pt.DataConfig(...)``) raises the
+    same one-line ``ConfigError`` as a YAML config. Nested validation does not call the
+    metaclass, so a whole config's errors keep their full field paths."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().__call__(*args, **kwargs)
+        except ValidationError as exc:
+            from .config import format_validation_error
+
+            section = getattr(cls, "_section", "")
+            raise ConfigError(format_validation_error(exc, cls, section)) from None
+
+
+class Task(BaseModel, metaclass=FriendlyErrors):
     """One prediction task.
 
     ``target`` defaults to the column named like the task; a ``multilabel`` task takes a list of
@@ -63,6 +85,7 @@ class Task(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    _section: ClassVar[str] = "task"
 
     name: str = Field(min_length=1)
     kind: str

@@ -71,10 +71,32 @@ def test_a_task_without_any_label_is_an_error(frame: pd.DataFrame) -> None:
 
 def test_nan_feature_without_imputation_points_to_data_impute(frame: pd.DataFrame) -> None:
     frame.loc[[3, 8], "x2"] = np.nan
-    with pytest.raises(
-        pt.DataError, match=r"feature 'x2' has 2 missing values \(rows 3, 8\); set data.impute"
-    ):
+    with pytest.raises(pt.DataError, match=r"feature 'x2' has 2 missing values \(rows 3, 8\)"):
+        Preprocessor.fit(frame, REGRESSION, features=["x0", "x1", "x2"])
+    with pytest.raises(pt.DataError, match=r"set data.impute: true") as info:
+        Preprocessor.fit(frame, REGRESSION, features=["x0", "x1", "x2"])
+    assert "data.drop" not in str(info.value)  # the user chose the inputs: no drop hint
+
+
+def test_undeclared_column_with_gaps_is_named_with_drop_as_the_remedy(frame: pd.DataFrame) -> None:
+    """Inputs taken by default: a gappy column may be another task's label (issue 9.6)."""
+    frame.loc[[3, 8], "x2"] = np.nan
+    with pytest.raises(pt.DataError, match=r"'x2' is no task's target.*data\.drop"):
         Preprocessor.fit(frame, REGRESSION)
+    with pytest.warns(pt.PolytaskWarning, match=r"inputs with missing values, imputed: x2"):
+        Preprocessor.fit(frame, REGRESSION, impute=True)
+
+
+def test_input_almost_equal_to_a_target_is_named_as_a_likely_label(frame: pd.DataFrame) -> None:
+    rng = np.random.default_rng(0)
+    frame["price_copy"] = frame["price"] * 3 + 1e-3 * rng.normal(size=len(frame))
+    with pytest.warns(pt.PolytaskWarning, match=r"'price_copy' is almost identical.*'price'"):
+        Preprocessor.fit(frame, REGRESSION)
+    import warnings
+
+    with warnings.catch_warnings():  # an ordinary input raises nothing
+        warnings.simplefilter("error", pt.PolytaskWarning)
+        Preprocessor.fit(frame.drop(columns=["price_copy"]), REGRESSION)
 
 
 def test_nan_feature_at_predict_time_without_imputation(frame: pd.DataFrame) -> None:

@@ -104,10 +104,29 @@ def test_evaluate_scores_each_task_on_its_labelled_rows(saved_run) -> None:
     assert scores["price"]["rmse"] == pytest.approx(rmse, rel=1e-5)
 
 
-def test_evaluate_needs_the_main_targets(saved_run) -> None:
+def test_evaluate_scores_the_tasks_whose_labels_are_present(saved_run) -> None:
+    """A table may omit any task's column: the others are scored as with the full table."""
     run, _, frame = saved_run
-    with pytest.raises(pt.DataError, match="task 'sold': target column 'sold' is not in the data"):
-        run.evaluate(frame.drop(columns=["sold"]))
+    full = run.evaluate(frame)
+    partial = run.evaluate(frame.drop(columns=["sold"]))
+    assert "sold" not in partial and set(partial) == set(full) - {"sold"}
+    assert partial["price"] == full["price"]
+    labels = [c for t in run.tasks for c in t.columns]
+    with pytest.raises(pt.DataError, match="the data has no task's label column"):
+        run.evaluate(frame.drop(columns=labels))
+
+
+def test_predict_and_evaluate_take_paths_mappings_and_arrays(saved_run, tmp_path) -> None:
+    run, _, frame = saved_run
+    expected = run.predict(frame)
+    frame.to_csv(tmp_path / "rows.csv", index=False)
+    pd.testing.assert_frame_equal(run.predict(tmp_path / "rows.csv"), expected, atol=1e-6)
+    pd.testing.assert_frame_equal(run.predict(frame.to_dict("list")), expected, atol=1e-6)
+    assert run.evaluate(str(tmp_path / "rows.csv")).keys() == run.evaluate(frame).keys()
+    with pytest.raises(pt.DataError, match="expected a pandas DataFrame.*got list"):
+        run.predict([[1.0, 2.0]])
+    with pytest.raises(pt.DataError, match=r"shape \(rows, \d+\)"):
+        run.predict(np.zeros((3, 1)))
 
 
 def test_evaluate_rejects_a_class_unseen_in_training(saved_run) -> None:
