@@ -6,6 +6,7 @@ import json
 import math
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .errors import PolytaskError, RunError
+from .errors import PolytaskError, PolytaskWarning, RunError
 
 app = typer.Typer(
     add_completion=False,
@@ -171,19 +172,20 @@ def evaluate(
 def _comparison_table(result: dict[str, Any]) -> Table:
     n = len(result["seeds"])
     table = Table(title=f"STL vs MTL on the test split, mean ± std over {n} seed(s)")
-    for col in ("task", "metric", "STL", "MTL", "change %", "p (paired t)", "verdict"):
+    columns = ("task", "metric", "test rows", "STL", "MTL", "change % (− = MTL better)")
+    for col in (*columns, "p (paired t)", "verdict"):
         table.add_column(col, justify="left" if col in ("task", "metric", "verdict") else "right")
     for name, t in result["tasks"].items():
         arrow = "↑" if t["higher_is_better"] else "↓"
+        change = t["relative_change_percent"]
         table.add_row(
             name,
             f"{t['metric']} {arrow}",
+            str(t.get("n_test", "")),
             f"{_fmt(t['stl']['mean'])} ± {_fmt(t['stl']['std'])}",
             f"{_fmt(t['mtl']['mean'])} ± {_fmt(t['mtl']['std'])}",
-            f"{-t['relative_change_percent']:+.2f}"
-            if not math.isnan(t["relative_change_percent"])
-            else "nan",
-            _fmt(t["p_value"], 3),
+            f"{change:+.2f}" if not math.isnan(change) else "—",
+            "—" if math.isnan(t["p_value"]) else _fmt(t["p_value"], 3),
             t["verdict"],
         )
     return table
@@ -194,14 +196,15 @@ def _print_comparison(result: dict[str, Any]) -> None:
     lo, hi = result["delta_m_ci95"]
     ci = f", 95% CI [{lo:+.2f}, {hi:+.2f}]" if not math.isnan(lo) else ""
     console.print(
-        f"Δm = {result['delta_m_percent']:+.2f}% ± {_fmt(result['delta_m_std'], 2)}{ci} "
-        "(mean relative change of the primary metric vs STL; negative = MTL better)"
+        f"Δm = {result['delta_m_percent']:+.2f}% ± {_fmt(result['delta_m_std'], 2)}{ci}: "
+        f"{result.get('delta_m_verdict', '')} "
+        "(mean relative change of the primary metrics vs STL; negative = MTL better)"
     )
     console.print(
         f"wall time: STL {result['seconds']['stl']:.1f} s, MTL {result['seconds']['mtl']:.1f} s "
-        f"(all seeds; 'change %' is signed so that positive = MTL better)"
+        "(all seeds)"
     )
-    console.print(f"[bold]{result['summary']}[/bold]")
+    console.print(f"[bold]{escape(result['summary'])}[/bold]")
 
 
 def _run_comparison(cfg: Any, seeds: int, out: Path | None, quiet: bool) -> dict[str, Any]:
@@ -314,6 +317,20 @@ def _options(
     ),
 ) -> None:
     """Multi-task learning on PyTorch: fit, predict, evaluate and compare against STL."""
+    warnings.showwarning = _show_warning
+
+
+_default_showwarning = warnings.showwarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    """polytask's warnings as one yellow line each, without the source location."""
+    if issubclass(category, PolytaskWarning):
+        errors.print(
+            f"[yellow]warning:[/yellow] {escape(str(message))}", highlight=False, soft_wrap=True
+        )
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
 
 
 def _print_error(exc: BaseException) -> None:

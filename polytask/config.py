@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -378,6 +379,9 @@ def format_validation_error(
             allowed = _allowed_keys(model, parent)
             if allowed:
                 msg += f" (allowed: {one_of(allowed)})"
+        elif loc.endswith("_options") and re.match(r"^[\w.\[\]]+: ", msg):
+            key, _, msg = msg.partition(": ")  # an option's own path, from the registry
+            loc = f"{loc}.{key}"
         elif err["type"] not in ("value_error", "missing") and "input" in err:
             msg = f"{_short(err['input'])}: {msg}"
         loc = ".".join(p for p in (prefix, loc) if p)
@@ -443,7 +447,10 @@ def load_config(path: str | Path) -> Config:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML{at}: {problem}") from None
     if data is None:
         raise ConfigError(f"config file {str(path)!r} is empty")
     return parse_config(data, base_dir=path.parent)

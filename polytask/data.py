@@ -257,7 +257,16 @@ class Preprocessor:
         x_cat = np.zeros((n, len(self.categorical)), dtype=np.int64)
         for j, column in enumerate(self.categorical):
             lookup = {v: i + 1 for i, v in enumerate(self.categories[column])}
-            x_cat[:, j] = [0 if pd.isna(v) else lookup.get(_label_key(v), 0) for v in frame[column]]
+            keys = [None if pd.isna(v) else _label_key(v) for v in frame[column]]
+            x_cat[:, j] = [0 if k is None else lookup.get(k, 0) for k in keys]
+            unseen = sorted({k for k in keys if k is not None and k not in lookup})
+            if unseen:  # encoded as "unknown" (code 0), like a missing category
+                warnings.warn(
+                    f"feature {column!r}: {len(unseen)} categories not seen in training "
+                    f"({_rows(unseen)}) are encoded as unknown",
+                    PolytaskWarning,
+                    stacklevel=3,
+                )
         return torch.from_numpy(x_num), torch.from_numpy(x_cat)
 
     def transform_target(self, task: Task, frame: pd.DataFrame) -> tuple[Tensor, Tensor]:
@@ -301,6 +310,8 @@ class Preprocessor:
             raise DataError(
                 f"{what}: counts must be non-negative, got {series[row]} in {where(series, [row])}"
             )
+        if task.kind == "count":
+            _check_whole(series, values, what)
         scaled = (np.where(mask, values, spec.mean) - spec.mean) / spec.std
         return torch.from_numpy(scaled.astype(np.float32)), torch.from_numpy(mask)
 
@@ -466,9 +477,12 @@ def _fit_target(task: Task, frame: pd.DataFrame) -> TargetSpec:
                     f"{what} has {len(seen)} distinct labels ({', '.join(seen[:6])}); a binary "
                     "task takes two (use kind: multiclass for more)"
                 )
+            if len(seen) < 2:
+                raise DataError(
+                    f"{what} has a single label {seen[0]!r} in the training data; a binary task "
+                    "needs examples of both classes"
+                )
             classes = ["0", "1"] if set(seen) <= {"0", "1"} else seen
-            if len(classes) < 2:
-                raise DataError(f"{what} has a single label {seen[0]!r}; a binary task needs two")
         else:
             classes = seen
         return TargetSpec(classes=classes)
@@ -477,9 +491,21 @@ def _fit_target(task: Task, frame: pd.DataFrame) -> TargetSpec:
     if task.kind == "count":
         if (labelled_values < 0).any():
             raise DataError(f"{what}: counts must be non-negative")
+        _check_whole(series, values, what)
         return TargetSpec()
     std = float(labelled_values.std())
     return TargetSpec(mean=float(labelled_values.mean()), std=std if std > 1e-12 else 1.0)
+
+
+def _check_whole(series: pd.Series, values: np.ndarray, what: str) -> None:
+    """Counts are whole numbers (the Poisson likelihood is defined on them)."""
+    fractional = ~np.isnan(values) & (values != np.round(values))
+    if fractional.any():
+        row = series.index[np.argmax(fractional)]
+        raise DataError(
+            f"{what}: counts must be whole numbers, got {series[row]} in {where(series, [row])} "
+            "(use kind: regression for a continuous target)"
+        )
 
 
 def _class_order(key: str) -> tuple[int, float | str]:

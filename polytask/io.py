@@ -200,6 +200,8 @@ class Run:
             if task.name not in data.targets or (not include_auxiliary and not task.is_main):
                 continue
             mask = data.masks[task.name]
+            if not task.is_main and not bool(mask.any()):  # a training-only signal, absent here
+                continue
             truth = self.preprocessor.decode_target(task, data.targets[task.name], mask)
             pred = self.preprocessor.decode(task, outputs[task.name])
             if task.kind != "multilabel":

@@ -108,7 +108,7 @@ def test_unknown_key_is_named_with_the_allowed_keys(
         (_with(train={"balancer": "magic"}), r"train.balancer: 'magic' is not a balancer \(fixed"),
         (
             _with(train={"balancer_options": {"alpha": 1}}),
-            r"train.balancer_options: alpha: unknown option \(options of 'fixed': none\)",
+            r"train.balancer_options.alpha: unknown option \(options of 'fixed': none\)",
         ),
         (_with(model={"architecture": "tower"}), r"'tower' is not an architecture \(hard_"),
         (_with(model={"activation": "swish"}), r"'swish' is not an activation \(relu, "),
