@@ -12,7 +12,7 @@ import copy
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,7 +121,9 @@ class Trainer:
 
     ``callback(record)`` is called after every epoch (the CLI draws its progress bar with it);
     nothing here prints. Under ``torchrun`` (an initialized process group) the model is wrapped in
-    ``DistributedDataParallel`` and each rank trains on its own shard of every epoch.
+    ``DistributedDataParallel`` and each rank trains on its own shard of every epoch; the losses
+    the balancer, the divergence check and early stopping see are over all ranks' rows, so
+    every rank keeps the same balancer state and takes the same decisions.
     """
 
     def __init__(
@@ -142,6 +144,7 @@ class Trainer:
         )
         self.callback = callback
         self.losses = TaskLosses(self.tasks, model.task_names, model.heads.out_dims)
+        self._task_index = {name: i for i, name in enumerate(self.losses.order)}
         self.rank, self.world_size = _distributed()
         self.net: nn.Module = self.model
         if self.world_size > 1:
@@ -155,22 +158,33 @@ class Trainer:
     # ---- evaluation ---------------------------------------------------------------------
     @torch.no_grad()
     def validation_losses(self, data: TaskData, *, chunk: int = 8192) -> dict[str, float]:
-        """Each task's mean loss over its labelled rows of ``data``."""
+        """Each task's mean loss over its labelled rows of ``data``.
+
+        Under ``torchrun`` each rank evaluates its share of the rows and every rank gets the
+        losses over all ranks' shares (a collective call: every rank must make it).
+        """
         self.model.eval()
-        totals: dict[str, float] = {}
-        counts: dict[str, float] = {}
-        for start in range(0, len(data), chunk):
-            batch = data.batch(
-                torch.arange(start, min(start + chunk, len(data)), device=data.x_num.device)
-            )
+        names = self.losses.order
+        totals = dict.fromkeys(names, 0.0)
+        counts = dict.fromkeys(names, 0.0)
+        rows = torch.arange(self.rank, len(data), self.world_size, device=data.x_num.device)
+        for start in range(0, len(rows), chunk):
+            batch = data.batch(rows[start : start + chunk])
             with self._autocast():
                 packed = self.model.forward_packed(batch.x_num, batch.x_cat)
             losses = self.losses(packed.float(), batch.targets, batch.masks)
             for name, loss in losses.items():
                 n = float(batch.masks[name].sum())
-                totals[name] = totals.get(name, 0.0) + float(loss) * n
-                counts[name] = counts.get(name, 0.0) + n
-        return {k: totals[k] / counts[k] if counts[k] else math.nan for k in totals}
+                totals[name] += float(loss) * n
+                counts[name] += n
+        if self.world_size > 1:
+            both = [*totals.values(), *counts.values()]
+            reduced = torch.tensor(both, dtype=torch.float64, device=self.device)
+            torch.distributed.all_reduce(reduced)
+            summed = reduced.tolist()
+            totals = dict(zip(names, summed[: len(names)], strict=True))
+            counts = dict(zip(names, summed[len(names) :], strict=True))
+        return {k: totals[k] / counts[k] if counts[k] else math.nan for k in names}
 
     def objective(self, losses: dict[str, float]) -> float:
         """Early-stopping criterion: Σ α_t L_t over main tasks with labels."""
@@ -287,6 +301,26 @@ class Trainer:
         elif "mps" in states and self.device.type == "mps":
             torch.mps.set_rng_state(states["mps"])
 
+    def _global_losses(self, losses: TaskLossValues, masks: Mapping[str, Tensor]) -> TaskLossValues:
+        """Each task's masked mean over the labelled rows of all ranks' batches, for DDP.
+
+        The value is the global mean, the same on every rank, so balancers that keep state
+        (GradNorm, DWA, FAMO) and the divergence check see the same numbers everywhere. The
+        gradient is this rank's masked mean's times W·n_r/Σn (n: the task's labelled rows), so
+        DDP's average over the W ranks is the gradient of the global mean: a rank with one
+        labelled row counts for one row, not for half the batch.
+        """
+        local = losses.vector
+        counts = torch.stack([masks[n].sum() for n in losses.names]).to(local.dtype)
+        reduced = torch.cat([counts, local.detach() * counts])
+        torch.distributed.all_reduce(reduced)
+        total, sums = reduced.chunk(2)
+        total = total.clamp_min(1)
+        scaled = local * (counts * self.world_size / total)
+        # global value + (x − x): exactly the global value, with the scaled local gradient
+        vector = sums / total + (scaled - scaled.detach())
+        return TaskLossValues(losses.names, vector, self._task_index)
+
     def _sync_context(self):
         """DDP's gradient hooks, unless the balancer writes ``.grad`` itself (then skipped)."""
         if self.world_size > 1 and self.balancer.sets_grads:
@@ -326,6 +360,8 @@ class Trainer:
                     else:
                         packed, features = self.net(batch.x_num, batch.x_cat, packed=True), None
                 losses = self.losses(packed.float(), batch.targets, batch.masks)
+                if self.world_size > 1:
+                    losses = self._global_losses(losses, batch.masks)
                 weights = self.balancer.backward(
                     losses, model=self.model, features=features, outputs=packed
                 )

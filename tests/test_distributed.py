@@ -3,6 +3,7 @@ with batch B train the network that one process trains with batch 2B."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -121,3 +122,156 @@ def test_torchrun_trains_one_model_on_two_ranks(tmp_path: Path) -> None:
     distributed = load_file(tmp_path / "rank0_even.safetensors")
     for key, value in single.model.state_dict().items():
         torch.testing.assert_close(distributed[key], value, rtol=1e-4, atol=1e-5)
+
+
+# ---- balancers, missing labels and collective decisions under DDP ---------------------------
+BALANCER_SCRIPT = textwrap.dedent(
+    """
+    import json
+    import sys
+    from datetime import timedelta
+    from pathlib import Path
+
+    import numpy as np
+    import pandas as pd
+    import torch
+    import torch.distributed as dist
+    from safetensors.torch import save_file
+
+    import polytask as pt
+
+    torch.set_num_threads(1)
+    out = Path(sys.argv[1])
+    TASKS = [pt.Task(name="y", kind="regression"), pt.Task(name="z", kind="binary")]
+    BALANCERS = sys.argv[2].split(",")
+    N = 64
+
+
+    def table(n, seed, *, missing=0.0):
+        rng = np.random.default_rng(seed)
+        x = rng.normal(size=(n, 3))
+        frame = pd.DataFrame(x, columns=["a", "b", "c"])
+        frame["y"] = x[:, 0] - 2 * x[:, 1] + 0.1 * rng.normal(size=n)
+        frame["z"] = (x[:, 2] > 0).astype(float)
+        for column in ("y", "z"):
+            frame.loc[rng.random(n) < missing, column] = np.nan
+        return frame
+
+
+    pre = pt.Preprocessor.fit(table(N, 0), TASKS)
+
+
+    def trainer(balancer, **options):
+        torch.manual_seed(0)
+        model = pt.build_model(
+            pt.ModelConfig(shared=[8]),
+            n_numeric=pre.n_numeric,
+            cardinalities=pre.cardinalities,
+            out_dims=pre.output_dims(),
+        )
+        config = {"epochs": 3, "batch_size": 8, "lr": 0.05, "device": "cpu", "patience": None}
+        config.update(options)
+        return pt.Trainer(model, TASKS, pt.TrainConfig(balancer=balancer, **config))
+
+
+    def grads(t):
+        return {n: p.grad.clone() for n, p in t.model.named_parameters()}
+
+
+    # The rows the first epoch's shuffle deals to rank 1 (every rank draws the same order from
+    # the seed and keeps order[rank::2]): y is labelled on one of them and on all of rank 0's.
+    order = torch.randperm(N, generator=torch.Generator().manual_seed(0))
+    uneven = table(N, 1)
+    uneven.loc[order[1::2][1:].numpy(), "y"] = np.nan
+    uneven_data = pt.TaskData.from_frame(uneven, pre)
+
+    # one process, one step on the union batch: the gradient two ranks must reproduce
+    rank = int(__import__("os").environ["RANK"])
+    if rank == 0:
+        for balancer in ("fixed", "famo"):
+            single = trainer(balancer, epochs=1, batch_size=N)
+            single.fit(uneven_data)
+            save_file(grads(single), str(out / f"single_{balancer}.safetensors"))
+
+    dist.init_process_group("gloo", timeout=timedelta(seconds=30))
+    assert dist.get_rank() == rank
+    for balancer in ("fixed", "famo"):
+        step = trainer(balancer, epochs=1, batch_size=N // 2)
+        step.fit(uneven_data)
+        save_file(grads(step), str(out / f"rank{rank}_step_{balancer}.safetensors"))
+
+    # stateful balancers (and one with parameters, one writing .grad itself): each rank's
+    # batches have other rows and other labelled counts
+    ragged = pt.TaskData.from_frame(table(N, 2, missing=0.4), pre)
+    for balancer in BALANCERS:
+        fitted = trainer(balancer)
+        fitted.fit(ragged)
+        state = {f"balancer.{k}": v for k, v in fitted.balancer.state_dict().items()}
+        state.update({f"model.{k}": v for k, v in fitted.model.state_dict().items()})
+        state = {k: v.contiguous() for k, v in state.items()}
+        save_file(state, str(out / f"rank{rank}_state_{balancer}.safetensors"))
+
+    decisions = {}
+    # each rank validates on its own table; rank 1's labels are flipped, so its loss climbs
+    validation = table(32, 3)
+    if rank == 1:
+        validation["y"], validation["z"] = -5 * validation["y"], 1 - validation["z"]
+    stopping = trainer("fixed", epochs=40, patience=2)
+    history = stopping.fit(ragged, pt.TaskData.from_frame(validation, pre))
+    decisions["epochs"] = len(history.records)
+    decisions["stopped_early"] = history.stopped_early
+    # rank 1's targets overflow float32: every rank must see the divergence in the same epoch
+    exploding = table(N, 4)
+    if rank == 1:
+        exploding["y"] = 1e30
+    diverging = trainer("fixed", epochs=3, batch_size=N // 2)
+    try:
+        diverging.fit(pt.TaskData.from_frame(exploding, pre))
+        decisions["diverged"] = False
+    except pt.RunError as exc:
+        decisions["diverged"] = "training diverged" in str(exc)
+    (out / f"rank{rank}_decisions.json").write_text(json.dumps(decisions))
+    dist.barrier()
+    dist.destroy_process_group()
+    """
+)
+
+
+@pytest.mark.skipif(
+    not (torch.distributed.is_available() and TORCHRUN.is_file()), reason="needs torchrun"
+)
+def test_two_ranks_share_balancer_state_masked_means_and_decisions(tmp_path: Path) -> None:
+    script = tmp_path / "ddp_balancers.py"
+    script.write_text(BALANCER_SCRIPT)
+    balancers = ("gradnorm", "dwa", "famo", "uncertainty", "pcgrad")
+    result = subprocess.run(
+        [
+            *(str(TORCHRUN), "--standalone", "--nproc_per_node", "2"),
+            *(str(script), str(tmp_path), ",".join(balancers)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    # uneven labels: the ranks' step is the step of the global masked mean on the union batch
+    for balancer in ("fixed", "famo"):
+        single = load_file(tmp_path / f"single_{balancer}.safetensors")
+        for rank in (0, 1):
+            step = load_file(tmp_path / f"rank{rank}_step_{balancer}.safetensors")
+            for key, value in single.items():
+                torch.testing.assert_close(step[key], value, msg=f"{balancer} {rank} {key}")
+
+    for balancer in balancers:  # the balancers' state and the model, identical on both ranks
+        rank0 = load_file(tmp_path / f"rank0_state_{balancer}.safetensors")
+        rank1 = load_file(tmp_path / f"rank1_state_{balancer}.safetensors")
+        assert rank0.keys() == rank1.keys()
+        for key in rank0:
+            torch.testing.assert_close(rank0[key], rank1[key], rtol=0, atol=0, equal_nan=True)
+
+    decisions = [json.loads((tmp_path / f"rank{r}_decisions.json").read_text()) for r in (0, 1)]
+    assert decisions[0] == decisions[1]
+    assert decisions[0]["stopped_early"] and decisions[0]["epochs"] < 40
+    assert decisions[0]["diverged"]

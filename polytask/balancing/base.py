@@ -6,6 +6,12 @@ methods (per-task gradients combined into one update) share this interface and o
 
 A task with no labelled row in the batch has a loss of exactly 0 with zero gradient
 (``losses.masked_mean``); every balancer treats such a task as absent from that step.
+
+Under ``torchrun`` (DDP, W ranks) each loss's *value* is the task's masked mean over all ranks'
+batches, the same on every rank, so state a balancer derives from loss values stays the same on
+every rank; its *gradient* is W times this rank's part of that mean's gradient, so DDP's average
+over ranks is the gradient over the union batch. Whatever a balancer computes from this rank's
+activations instead must be reduced over the ranks (``batch_norms`` for gradient norms at h).
 """
 
 from __future__ import annotations
@@ -82,6 +88,22 @@ class Balancer:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         return None
+
+
+def batch_norms(rows: Tensor) -> Tensor:
+    """The norms of the rows of a Jacobian ``(T, …)`` taken w.r.t. this rank's activations
+    (such as h), over the union batch of all ranks under DDP.
+
+    Each rank's rows are W times its part of the union batch's gradient (see the module
+    docstring), so the squared norms summed over ranks are divided by W².
+    """
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    world = torch.distributed.get_world_size() if distributed else 1
+    if world == 1:
+        return rows.flatten(1).norm(dim=1)
+    squares = rows.flatten(1).pow(2).sum(1)
+    torch.distributed.all_reduce(squares)
+    return squares.sqrt() / world
 
 
 BALANCERS: dict[str, type[Balancer]] = {}

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from ..losses import TaskLossValues
 from ..tasks import Task
-from .base import Balancer, register_balancer
+from .base import Balancer, batch_norms, register_balancer
 
 # A Python-float weight times a tensor of these dtypes is computed in that dtype, so a tensor of
 # weights gives the very same products.
@@ -247,7 +247,7 @@ class GradNorm(Balancer):
         w = self.weights[idx].to(stacked.device)
         eye = torch.eye(len(names), dtype=stacked.dtype, device=stacked.device)
         (jac,) = batched_grad(stacked, [features], eye, retain_graph=True)
-        norms = jac.flatten(1).norm(dim=1).float()
+        norms = batch_norms(jac).float()
         (w * stacked).sum().backward()
         with torch.no_grad():
             loss = stacked.detach().float()
