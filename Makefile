@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 TORCH := torch==2.13.0
 
-.PHONY: demo test lint bench install clean
+.PHONY: demo test lint bench mutants install clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ bench: install
 	$(PY) benchmarks/step_cost.py --quick --out benchmarks/results/quick/step_cost.json
 	$(PY) benchmarks/balancer_cost.py --quick --out benchmarks/results/quick/balancer_cost.json
 	$(PY) benchmarks/quality.py --quick --out benchmarks/results/quick/quality.json
+
+# Each balancer / train setting / loss detail swapped for a stand-in: some test must fail (~1 min).
+mutants: install
+	$(PY) tests/mutants.py --out benchmarks/results/quick/mutants.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -610,3 +610,15 @@ def test_imtl_l_learns_scales_that_make_every_scaled_loss_one() -> None:
     scaled = np.exp(balancer.log_scale.detach().numpy()) * alpha * np.array(list(values.values()))
     np.testing.assert_allclose(scaled, 1.0, rtol=0.02)
     np.testing.assert_allclose(grad, np.array(list(weights.values())) * alpha, rtol=1e-6)
+
+
+def test_fixed_weights_each_loss_by_its_declared_alpha() -> None:
+    """Σ_t α_t L_t, whatever order the losses come in, as a dict or as one loss vector."""
+    balancer = make_balancer("fixed", _weighted_tasks())
+    weights, grad = _leaf_step(balancer, {"c": 0.2, "a": 0.7, "b": 1.3})
+    assert weights == ALPHAS
+    np.testing.assert_array_equal(grad, [3.0, 1.0, 2.0])
+    vector = torch.tensor([0.2, 0.7, 1.3], requires_grad=True)
+    losses = pt.losses.TaskLossValues(("c", "a", "b"), vector, {"c": 0, "a": 1, "b": 2})
+    balancer.backward(losses, model=torch.nn.Identity())
+    np.testing.assert_array_equal(vector.grad.numpy(), [3.0, 1.0, 2.0])
