@@ -171,10 +171,14 @@ def evaluate(
 
 def _comparison_table(result: dict[str, Any]) -> Table:
     n = len(result["seeds"])
-    table = Table(title=f"STL vs MTL on the test split, mean ± std over {n} seed(s)")
-    columns = ("task", "metric", "test rows", "STL", "MTL", "change % (− = MTL better)")
-    for col in (*columns, "p (paired t)", "verdict"):
-        table.add_column(col, justify="left" if col in ("task", "metric", "verdict") else "right")
+    table = Table(
+        title=f"STL vs MTL on the test split, mean ± std over {n} seed(s)",
+        caption="n: labelled test rows; change %: relative change vs STL, negative = MTL better "
+        "(the sign of Δm); p: paired t-test over seeds",
+    )
+    for col in ("task", "metric", "n", "STL", "MTL", "change %", "p", "verdict"):
+        left = col in ("task", "metric", "verdict")
+        table.add_column(col, justify="left" if left else "right", no_wrap=col == "verdict")
     for name, t in result["tasks"].items():
         arrow = "↑" if t["higher_is_better"] else "↓"
         change = t["relative_change_percent"]
