@@ -17,11 +17,13 @@ def stl_config(config: Config, task: Task, features: list[str]) -> Config:
     """Task ``task``'s single-task config: everything equal but the task list.
 
     ``features`` pins the MTL model's inputs, so the other tasks' label columns never become
-    inputs of the baseline.
+    inputs of the baseline. ``train.select`` and ``train.finetune`` are reset: a single-task
+    network already stops on its own task, so every MTL variant meets the same baseline.
     """
     data = config.data.model_copy(update={"features": features})
     single = task.model_copy(update={"role": "main"})
-    return config.model_copy(update={"tasks": [single], "data": data})
+    train = config.train.model_copy(update={"select": "joint", "finetune": None})
+    return config.model_copy(update={"tasks": [single], "data": data, "train": train})
 
 
 def feature_columns(config: Config, splits: Splits) -> list[str]:

@@ -13,6 +13,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    NonNegativeInt,
     PositiveFloat,
     PositiveInt,
     ValidationError,
@@ -118,6 +119,23 @@ class ModelConfig(_Section):
         return _known(name, ACTIVATIONS, "an activation")
 
 
+NO_VALIDATION_TO_SELECT = (
+    "train.select: 'per_task' picks each task's epoch on the validation split, and there is "
+    "none: set data.validation_fraction > 0 or give data.validation"
+)
+
+
+class FinetuneConfig(_Section):
+    """Fine-tuning after joint training: each main task alone, from the jointly trained (and
+    selected) weights, on its own loss, with its own early stopping on its validation loss."""
+
+    _section: ClassVar[str] = "train.finetune"
+
+    epochs: NonNegativeInt = 20
+    lr: float | None = Field(default=None, ge=0.0)  # None: train.lr
+    patience: PositiveInt | None = 5
+
+
 class TrainConfig(_Section):
     """Optimization: balancer, optimizer, budget, early stopping, seed and device."""
 
@@ -137,6 +155,8 @@ class TrainConfig(_Section):
     seed: int = 0
     device: str = "auto"
     amp: bool = False
+    select: Literal["joint", "per_task"] = "joint"
+    finetune: FinetuneConfig | None = None
 
     @field_validator("balancer")
     @classmethod
@@ -333,6 +353,17 @@ class Config(_Section):
                         "signals.represent"
                     )
                 owner[column] = task.name
+        return self
+
+    @model_validator(mode="after")
+    def _selection_has_validation(self) -> Config:
+        has_validation = (
+            self.data.dataset is not None
+            or self.data.validation is not None
+            or self.data.validation_fraction > 0
+        )
+        if self.train.select == "per_task" and not has_validation:
+            raise ValueError(NO_VALIDATION_TO_SELECT)
         return self
 
     def to_yaml(self) -> str:

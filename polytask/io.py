@@ -8,12 +8,13 @@ config has signals, ``signals.json`` (what they fitted on the training table).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import platform
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,6 +129,11 @@ class Run:
     directory: Path | None = None
     custom_trunk: bool = False
     signals: dict[str, Any] | None = None  # what the config's signals fitted (signals.json)
+    #: Other weights of ``model`` by label (``train.select: per_task`` epochs, fine-tuned
+    #: copies); a tensor left out is the same as ``model``'s.
+    snapshots: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    #: The main tasks predicted from a snapshot, and its label; the others use ``model``.
+    task_snapshot: dict[str, str] = field(default_factory=dict)
 
     @property
     def tasks(self) -> list[Task]:
@@ -152,14 +158,46 @@ class Run:
             )
         return self.model.heads.unpack(torch.cat(parts))
 
+    def _task_outputs(
+        self, data: TaskData, names: Sequence[str] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Outputs of the tasks ``names`` (default: all), each from the weights that predict it:
+        its snapshot if it has one, else ``model``'s. One forward pass per set of weights."""
+        names = list(self.model.task_names if names is None else names)
+        by_label: dict[str | None, list[str]] = {}
+        for name in names:
+            by_label.setdefault(self.task_snapshot.get(name), []).append(name)
+        outputs: dict[str, torch.Tensor] = {}
+        for label, group in by_label.items():
+            with self._weights(label):
+                produced = self._outputs(data)
+            outputs.update({name: produced[name] for name in group})
+        return {name: outputs[name] for name in names}
+
+    @contextlib.contextmanager
+    def _weights(self, label: str | None) -> Iterator[None]:
+        """``model`` holds the snapshot ``label`` (``None``: its own weights) inside the block;
+        its own tensors are put back after, so a snapshot stores only what differs."""
+        if label is None:
+            yield
+            return
+        swapped = self.snapshots[label]
+        current = self.model.state_dict()
+        kept = {name: current[name].detach().clone() for name in swapped}
+        self.model.load_state_dict(swapped, strict=False)
+        try:
+            yield
+        finally:
+            self.model.load_state_dict(kept, strict=False)
+
     def predict_arrays(
         self, frame: pd.DataFrame, *, include_auxiliary: bool = False
     ) -> dict[str, np.ndarray]:
         """Decoded predictions per task (main tasks only unless ``include_auxiliary``)."""
         frame = as_frame(frame, self.preprocessor.features)
         data = TaskData.from_frame(frame, self.preprocessor, tasks=[])
-        outputs = self._outputs(data)
         tasks = self.tasks if include_auxiliary else self.main_tasks
+        outputs = self._task_outputs(data, [t.name for t in tasks])
         return {t.name: self.preprocessor.decode(t, outputs[t.name]) for t in tasks}
 
     def predict(
@@ -194,11 +232,12 @@ class Run:
         self, data: TaskData, *, include_auxiliary: bool = True
     ) -> dict[str, dict[str, float]]:
         """Metrics per task on encoded data, over each task's labelled rows."""
-        outputs = self._outputs(data)
+        scored = [
+            t for t in self.tasks if t.name in data.targets and (include_auxiliary or t.is_main)
+        ]
+        outputs = self._task_outputs(data, [t.name for t in scored])
         scores = {}
-        for task in self.tasks:
-            if task.name not in data.targets or (not include_auxiliary and not task.is_main):
-                continue
+        for task in scored:
             mask = data.masks[task.name]
             if not task.is_main and not bool(mask.any()):  # a training-only signal, absent here
                 continue
@@ -228,6 +267,7 @@ class Run:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         _atomic_save_tensors(self.model.state_dict(), directory / "model.safetensors")
+        _save_snapshots(directory, self.model.state_dict(), self.snapshots, self.task_snapshot)
         write_json(
             directory / "model.json",
             {
@@ -257,8 +297,75 @@ class Run:
         return directory
 
 
+def _save_snapshots(
+    directory: Path,
+    model_state: Mapping[str, torch.Tensor],
+    snapshots: Mapping[str, Mapping[str, torch.Tensor]],
+    task_snapshot: Mapping[str, str],
+) -> None:
+    """``snapshots.safetensors`` (tensor ``i/name``: snapshot i's ``name``, written only where it
+    differs from ``model.safetensors``) and ``snapshots.json`` (labels, task → label); a run
+    without snapshots has neither file."""
+    json_path, tensor_path = directory / "snapshots.json", directory / "snapshots.safetensors"
+    labels = [label for label in snapshots if label in task_snapshot.values()]
+    if not labels:
+        json_path.unlink(missing_ok=True)
+        tensor_path.unlink(missing_ok=True)
+        return
+    tensors = {
+        f"{i}/{name}": value
+        for i, label in enumerate(labels)
+        for name, value in snapshots[label].items()
+        if not torch.equal(value.cpu(), model_state[name].cpu())
+    }
+    _atomic_save_tensors(tensors, tensor_path)
+    write_json(
+        json_path,
+        {"format": FORMAT_VERSION, "snapshots": labels, "tasks": dict(task_snapshot)},
+    )
+
+
+def _load_snapshots(
+    directory: Path, model: nn.Module
+) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, str]]:
+    """What ``_save_snapshots`` wrote, checked against ``model`` (names, shapes, labels)."""
+    json_path, tensor_path = directory / "snapshots.json", directory / "snapshots.safetensors"
+    if not json_path.is_file():
+        return {}, {}
+    meta = _read_json(json_path)
+    tensors = _load_tensors(tensor_path)
+    try:
+        labels = [str(label) for label in meta["snapshots"]]
+        task_snapshot = {str(task): str(label) for task, label in meta["tasks"].items()}
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise RunError(f"run file {str(json_path)!r} is invalid: {exc!r}") from None
+    snapshots: dict[str, dict[str, torch.Tensor]] = {label: {} for label in labels}
+    state = model.state_dict()
+    for key, value in tensors.items():
+        index, _, name = key.partition("/")
+        if not index.isdigit() or int(index) >= len(labels) or name not in state:
+            raise RunError(f"weights in {str(tensor_path)!r} do not fit the model: {key!r}")
+        if value.shape != state[name].shape:
+            raise RunError(
+                f"weights in {str(tensor_path)!r} do not fit the model: {key!r} has shape "
+                f"{tuple(value.shape)}, the model's {tuple(state[name].shape)}"
+            )
+        snapshots[labels[int(index)]][name] = value
+    unknown = sorted(set(task_snapshot.values()) - set(labels))
+    tasks = getattr(model, "task_names", None)
+    strangers = [t for t in task_snapshot if tasks is not None and t not in tasks]
+    if unknown or strangers:
+        raise RunError(
+            f"run file {str(json_path)!r} is invalid: "
+            + (f"unknown snapshots {unknown}" if unknown else f"unknown tasks {strangers}")
+        )
+    return snapshots, task_snapshot
+
+
 RUN_FILES = (
     "model.safetensors",
+    "snapshots.safetensors",
+    "snapshots.json",
     "model.json",
     "preprocess.json",
     "tasks.json",
@@ -345,6 +452,7 @@ def load(directory: str | Path, *, trunk: Trunk | None = None) -> Run:
         raise RunError(f"run {str(directory)!r} has an invalid description: {detail}") from None
     path = directory / "model.safetensors"
     _load_weights(model, _load_tensors(path), path)
+    snapshots, task_snapshot = _load_snapshots(directory, model)
     model.eval()
     history = (
         pd.read_csv(directory / "history.csv") if (directory / "history.csv").is_file() else None
@@ -364,6 +472,8 @@ def load(directory: str | Path, *, trunk: Trunk | None = None) -> Run:
         directory=directory,
         custom_trunk=bool(meta.get("custom_trunk")),
         signals=signals,
+        snapshots=snapshots,
+        task_snapshot=task_snapshot,
     )
 
 
@@ -416,15 +526,23 @@ def save_checkpoint(
     state: dict[str, Any],
     best_model: Mapping[str, torch.Tensor],
     rng: Mapping[str, torch.Tensor],
+    snapshots: Mapping[int, Mapping[str, torch.Tensor]] | None = None,
 ) -> None:
     """Everything needed to resume training, written file by file with atomic replaces.
 
     ``rng`` holds the states of the random generators by name (torch's, the shuffle's), saved
-    as byte tensors beside the optimizer state.
+    as byte tensors beside the optimizer state. ``snapshots`` (``train.select: per_task``: the
+    weights of each task's best epoch so far, by epoch) replace ``snapshots.safetensors``;
+    ``None`` leaves that file as it is (the trainer passes them when they changed).
     """
     directory.mkdir(parents=True, exist_ok=True)
     _atomic_save_tensors(dict(model.state_dict()), directory / "model.safetensors")
     _atomic_save_tensors(dict(best_model), directory / "best.safetensors")
+    if snapshots is not None:
+        _atomic_save_tensors(
+            {f"{epoch}/{k}": v for epoch, state in snapshots.items() for k, v in state.items()},
+            directory / "snapshots.safetensors",
+        )
     opt_tensors, opt_plain = _flatten_optimizer(optimizer.state_dict())
     for name, value in rng.items():
         opt_tensors[f"__rng__.{name}"] = value
@@ -456,6 +574,11 @@ def load_checkpoint(
     balancer.load_state_dict(balancer_state)
     best_path = directory / "best.safetensors"
     state["best_model"] = _load_tensors(best_path)
+    state["snapshots"] = {}
+    if state.get("task_best"):
+        for key, value in _load_tensors(directory / "snapshots.safetensors").items():
+            epoch, _, name = key.partition("/")
+            state["snapshots"].setdefault(int(epoch), {})[name] = value
     state["rng"] = rng
     if state.get("best_objective") is None:
         state["best_objective"] = math.inf

@@ -23,12 +23,17 @@ from torch import Tensor, nn
 
 from . import io
 from .balancing import Balancer, make_balancer
-from .config import Config, TrainConfig
+from .config import NO_VALIDATION_TO_SELECT, Config, TrainConfig
 from .data import Preprocessor, Splits, TaskData, read_table, split_indices
 from .errors import ConfigError, DataError, RunError
+from .evaluate import HIGHER_IS_BETTER
 from .losses import TaskLosses, TaskLossValues
 from .models import MultiTaskModel, Trunk, build_model
 from .tasks import Task, check_tasks
+
+#: Each main task's primary metric for the model's current weights on the given (validation)
+#: data, by task name: how ``train.select: per_task`` ranks epochs.
+Scorer = Callable[[MultiTaskModel, TaskData], Mapping[str, float]]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -81,6 +86,12 @@ class History:
     records: list[dict[str, float]] = field(default_factory=list)
     best_epoch: int = 0
     stopped_early: bool = False
+    #: ``train.select: per_task``: each main task's best validation epoch by its primary metric
+    #: (a task whose metric was never defined is absent), that metric, and the weights of those
+    #: epochs, one state per epoch however many tasks share it.
+    task_epochs: dict[str, int] = field(default_factory=dict)
+    task_scores: dict[str, float] = field(default_factory=dict)
+    snapshots: dict[int, dict[str, Tensor]] = field(default_factory=dict)
 
     def to_frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.records)
@@ -202,14 +213,38 @@ class Trainer:
         *,
         checkpoint_dir: Path | None = None,
         resume: bool = False,
+        scorer: Scorer | None = None,
+        start_is_candidate: bool = False,
     ) -> History:
-        """Train for up to ``epochs``; restore the weights of the best validation epoch."""
+        """Train for up to ``epochs``; restore the weights of the best validation epoch.
+
+        With ``train.select: per_task``, ``scorer(model, validation)`` gives each main task's
+        primary metric after every epoch, and ``history`` keeps each task's best epoch and the
+        weights of those epochs (see ``History``). Under ``torchrun`` rank 0 scores and
+        broadcasts, so every rank keeps the same epochs. With ``start_is_candidate`` the
+        starting weights compete as epoch 0 (fine-tuning: never worse on validation than its
+        start).
+        """
         cfg = self.config
         train = train.to(self.device)
         validation = validation.to(self.device) if validation is not None else None
+        has_validation = validation is not None and len(validation) > 0
+        per_task = cfg.select == "per_task"
+        if per_task and not has_validation:
+            raise ConfigError(NO_VALIDATION_TO_SELECT)
+        if per_task and scorer is None:
+            raise RunError("train.select: 'per_task' needs Trainer.fit(..., scorer=...)")
         generator = torch.Generator().manual_seed(cfg.seed)
         history = History()
         best = (math.inf, copy.deepcopy(self.model.state_dict()))
+        if start_is_candidate and has_validation and not resume:
+            assert validation is not None
+            best = (self.objective(self.validation_losses(validation)), best[1])
+            if math.isnan(best[0]):
+                best = (math.inf, best[1])
+        # per_task: task → (its metric signed so that lower is better, epoch)
+        task_best: dict[str, tuple[float, int]] = {}
+        snapshots: dict[int, dict[str, Tensor]] = {}
         bad_epochs, start_epoch = 0, 1
         if resume:
             if checkpoint_dir is None:
@@ -224,6 +259,8 @@ class Trainer:
             self._set_rng_states(state["rng"], generator)
             if self.scheduler is not None and state.get("scheduler"):
                 self.scheduler.load_state_dict(state["scheduler"])
+            if per_task:
+                task_best, snapshots = self._restore_selection(state, checkpoint_dir)
 
         last_epoch = start_epoch - 1 if history.stopped_early else cfg.epochs
         for epoch in range(start_epoch, last_epoch + 1):
@@ -238,6 +275,12 @@ class Trainer:
             else:
                 objective = math.nan
             record["val_objective"] = objective
+            snapshots_changed = False
+            if per_task:
+                assert scorer is not None and validation is not None
+                scores = self._validation_scores(scorer, validation)
+                record.update({f"val_metric/{k}": v for k, v in scores.items()})
+                snapshots_changed = self._select(scores, epoch, task_best, snapshots)
             record["seconds"] = time.perf_counter() - started
             history.records.append(record)
 
@@ -268,9 +311,14 @@ class Trainer:
                         "bad_epochs": bad_epochs,
                         "stopped_early": history.stopped_early,
                         "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+                        "task_best": {
+                            name: {"epoch": e, "signed_score": v}
+                            for name, (v, e) in task_best.items()
+                        },
                     },
                     best_model=best[1],
                     rng=self._rng_states(generator),
+                    snapshots=snapshots if snapshots_changed else None,
                 )
             if self.callback is not None:
                 self.callback(record)
@@ -278,7 +326,72 @@ class Trainer:
                 break
         self.model.load_state_dict(best[1])
         self.model.eval()
+        history.task_epochs = {name: e for name, (_, e) in task_best.items()}
+        history.task_scores = {
+            name: v * self._metric_sign(name) for name, (v, _) in task_best.items()
+        }
+        history.snapshots = snapshots
         return history
+
+    # ---- per-task selection ---------------------------------------------------------------
+    def _metric_sign(self, name: str) -> float:
+        """1 where a lower primary metric is better, -1 where higher is (signed: lower wins)."""
+        task = next(t for t in self.tasks if t.name == name)
+        return -1.0 if HIGHER_IS_BETTER[task.primary_metric] else 1.0
+
+    def _validation_scores(self, scorer: Scorer, validation: TaskData) -> dict[str, float]:
+        """Each main task's primary metric on ``validation``: scored on rank 0 (a metric such
+        as AUC needs all rows at once), broadcast so that every rank selects the same epochs."""
+        names = [t.name for t in self.tasks if t.is_main]
+        scores = dict(scorer(self.model, validation)) if self.rank == 0 else {}
+        if self.world_size > 1:
+            values = torch.tensor(
+                [scores.get(n, math.nan) for n in names], dtype=torch.float64, device=self.device
+            )
+            torch.distributed.broadcast(values, src=0)
+            scores = dict(zip(names, values.tolist(), strict=True))
+        return {n: float(scores.get(n, math.nan)) for n in names}
+
+    def _select(
+        self,
+        scores: Mapping[str, float],
+        epoch: int,
+        task_best: dict[str, tuple[float, int]],
+        snapshots: dict[int, dict[str, Tensor]],
+    ) -> bool:
+        """Record ``epoch`` for each task whose metric improved (strictly: ties keep the
+        earlier epoch), snapshot the weights once for all of them and drop the snapshots no
+        task uses any more. Returns whether the snapshots changed."""
+        improved = []
+        for name, value in scores.items():
+            signed = value * self._metric_sign(name)
+            if not math.isnan(signed) and (name not in task_best or signed < task_best[name][0]):
+                task_best[name] = (signed, epoch)
+                improved.append(name)
+        if not improved:
+            return False
+        snapshots[epoch] = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+        used = {e for _, e in task_best.values()}
+        for old in [e for e in snapshots if e not in used]:
+            del snapshots[old]
+        return True
+
+    def _restore_selection(
+        self, state: Mapping[str, Any], checkpoint_dir: Path
+    ) -> tuple[dict[str, tuple[float, int]], dict[int, dict[str, Tensor]]]:
+        """The per-task selection saved in a checkpoint by ``fit``."""
+        task_best = {
+            name: (float(entry["signed_score"]), int(entry["epoch"]))
+            for name, entry in (state.get("task_best") or {}).items()
+        }
+        snapshots = dict(state.get("snapshots") or {})
+        missing = sorted({e for _, e in task_best.values()} - set(snapshots))
+        if missing:
+            raise RunError(
+                f"checkpoint {str(checkpoint_dir)!r} lacks the weights of epoch(s) {missing} "
+                "that train.select: per_task needs"
+            )
+        return task_best, snapshots
 
     def _rng_states(self, shuffle: torch.Generator) -> dict[str, Tensor]:
         """Every generator training draws from: the shuffle's, torch's CPU one (dropout, the
@@ -502,6 +615,72 @@ def prepare(
     return preprocessor, encoded
 
 
+def primary_scorer(config: Config, preprocessor: Preprocessor) -> Scorer:
+    """A ``Scorer``: each main task's primary metric, on predictions decoded as ``Run.predict``
+    decodes them (so target scaling and probabilities are those the metric is defined on)."""
+
+    primary = {t.name: t.primary_metric for t in preprocessor.tasks if t.is_main}
+
+    def score(model: MultiTaskModel, data: TaskData) -> dict[str, float]:
+        run = io.Run(config=config, model=model, preprocessor=preprocessor)
+        scores = run.score(data, include_auxiliary=False)
+        return {name: values[primary[name]] for name, values in scores.items()}
+
+    return score
+
+
+def finetune_tasks(
+    trainer: Trainer,
+    starts: Mapping[str, Mapping[str, Tensor]],
+    train: TaskData,
+    validation: TaskData | None,
+) -> tuple[dict[str, dict[str, Tensor]], dict[str, dict[str, int]]]:
+    """``train.finetune``: each main task trained alone after joint training.
+
+    Each task gets its own copy of the whole model, starting from ``starts[task]`` (its
+    per-task selected weights) or else the trainer's (joint) weights, trained on its own loss
+    only (the other tasks weigh 0) with the trainer's optimizer kind, weight decay, batch size
+    and seed, a constant ``finetune.lr`` and ``finetune.patience`` on its own validation loss.
+    The starting weights compete as epoch 0, so a task's validation loss never gets worse.
+    Returns each task's weights (on the CPU) and ``{task: {"epochs", "best_epoch"}}``
+    (``best_epoch`` 0: the starting weights were kept).
+    """
+    cfg = trainer.config
+    assert cfg.finetune is not None
+    settings = cfg.model_copy(
+        update={
+            "epochs": cfg.finetune.epochs,
+            "lr": cfg.lr if cfg.finetune.lr is None else cfg.finetune.lr,
+            "patience": cfg.finetune.patience,
+            "balancer": "fixed",
+            "balancer_options": {},
+            "scheduler": "none",
+            "select": "joint",
+            "finetune": None,
+        }
+    )
+    states: dict[str, dict[str, Tensor]] = {}
+    report: dict[str, dict[str, int]] = {}
+    for task in trainer.tasks:
+        if not task.is_main:
+            continue
+        model = copy.deepcopy(trainer.model)
+        if task.name in starts:
+            model.load_state_dict(starts[task.name])
+        alone = [
+            t.model_copy(
+                update={"weight": 1.0, "role": "main"}
+                if t.name == task.name
+                else {"weight": 0.0, "role": "auxiliary"}
+            )
+            for t in trainer.tasks
+        ]
+        history = Trainer(model, alone, settings).fit(train, validation, start_is_candidate=True)
+        states[task.name] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        report[task.name] = {"epochs": len(history.records), "best_epoch": history.best_epoch}
+    return states, report
+
+
 def fit(
     config: Config,
     *,
@@ -548,10 +727,44 @@ def fit(
     checkpoint_dir = Path(out) / "checkpoint" if out is not None else None
     if resume and (checkpoint_dir is None or not (checkpoint_dir / "state.json").is_file()):
         raise RunError(f"cannot resume: no checkpoint in {str(checkpoint_dir)!r}")
+    per_task = config.train.select == "per_task"
+    if per_task and "validation" not in encoded:
+        raise ConfigError(NO_VALIDATION_TO_SELECT)
     started = time.perf_counter()
     history = trainer.fit(
-        encoded["train"], encoded.get("validation"), checkpoint_dir=checkpoint_dir, resume=resume
+        encoded["train"],
+        encoded.get("validation"),
+        checkpoint_dir=checkpoint_dir,
+        resume=resume,
+        scorer=primary_scorer(config, preprocessor) if per_task else None,
     )
+    joint = {k: v.detach().cpu() for k, v in trainer.model.state_dict().items()}
+    selected = {  # each main task's weights where they are not the joint model's
+        name: {**joint, **history.snapshots[epoch]}
+        for name, epoch in history.task_epochs.items()
+        if epoch != history.best_epoch
+    }
+    extra: dict[str, Any] = {}
+    if per_task:
+        extra["per_task_selection"] = {
+            name: {"epoch": epoch, "validation_score": history.task_scores[name]}
+            for name, epoch in history.task_epochs.items()
+        }
+    if config.train.finetune is not None:
+        selected, extra["finetune"] = finetune_tasks(
+            trainer, selected, encoded["train"], encoded.get("validation")
+        )
+    snapshots: dict[str, dict[str, Tensor]] = {}
+    task_snapshot: dict[str, str] = {}
+    for name, state in selected.items():
+        if config.train.finetune is not None:
+            label = f"finetuned {name}"
+        else:
+            label = f"epoch {history.task_epochs[name]}"
+        changed = {k: v for k, v in state.items() if not torch.equal(v.cpu(), joint[k])}
+        if changed:  # several tasks best at one epoch share its snapshot
+            snapshots[label] = changed
+            task_snapshot[name] = label
     run = io.Run(
         config=config,
         model=trainer.model.cpu(),
@@ -559,11 +772,14 @@ def fit(
         history=history.to_frame(),
         custom_trunk=trunk is not None,
         signals=signals,
+        snapshots=snapshots,
+        task_snapshot=task_snapshot,
     )
     run.metrics = {
         "best_epoch": history.best_epoch,
         "stopped_early": history.stopped_early,
         "train_seconds": time.perf_counter() - started,
+        **extra,
         **{name: run.score(data) for name, data in encoded.items() if name != "train"},
     }
     if out is not None and trainer.rank == 0:
