@@ -165,6 +165,32 @@ def test_resume_with_dropout_and_stateful_balancers_is_exact(tmp_path: Path, bal
     assert _state_equal(resumed.model, straight.model)
 
 
+@pytest.mark.parametrize(
+    "options", [{"select": "per_task"}, {"select": "per_task", "finetune": {"epochs": 2}}]
+)
+def test_resume_keeps_the_per_task_selection_exact(tmp_path: Path, options: dict) -> None:
+    # the checkpoint holds each task's best epoch and score so far and those epochs' weights
+    splits = make_splits(make_frame(n=160, seed=9, missing=0.2))
+    config = make_config(tmp_path / "unused.csv", epochs=6, lr=0.05, **options)
+    shorter = config.model_copy(update={"train": config.train.model_copy(update={"epochs": 3})})
+
+    straight = pt.fit(config, splits=splits)
+    pt.fit(shorter, splits=splits, out=tmp_path / "run")
+    resumed = pt.fit(config, splits=splits, out=tmp_path / "run", resume=True)
+
+    selection = straight.metrics["per_task_selection"]
+    assert any(s["epoch"] <= 3 for s in selection.values())  # chosen before the interruption
+    assert resumed.metrics["per_task_selection"] == selection
+    assert resumed.metrics.get("finetune") == straight.metrics.get("finetune")
+    assert resumed.task_snapshot == straight.task_snapshot and straight.task_snapshot
+    for label, state in straight.snapshots.items():
+        assert state.keys() == resumed.snapshots[label].keys()
+        assert all(torch.equal(v, resumed.snapshots[label][k]) for k, v in state.items())
+    assert _state_equal(resumed.model, straight.model)
+    frame = make_frame(n=30, seed=10)
+    pd.testing.assert_frame_equal(resumed.predict(frame), straight.predict(frame), check_exact=True)
+
+
 @pytest.mark.parametrize("ending", ["stopped early", "used its epochs"])
 def test_resuming_a_finished_run_trains_nothing(tmp_path: Path, ending: str) -> None:
     splits = make_splits(make_frame(n=160, seed=7, missing=0.2), validation=60)
