@@ -1,16 +1,46 @@
-"""Single-task baselines: one network per main task, same shape, optimizer, budget and rule."""
+"""Single-task baselines: one network per main task, same shape, optimizer, budget and rule.
+
+``fit_stl`` trains the T single-task (STL) networks as stacked ensembles (``torch.func``: the
+members' parameters stacked along a leading dimension, the model's own ``forward`` mapped over
+it with ``vmap``) wherever that gives the networks T separate ``fit`` runs give, and one
+``fit`` after another elsewhere.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import copy
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 import pandas as pd
+import torch
+from torch import Tensor
+from torch.func import functional_call, stack_module_state, vmap
 
-from .config import Config
-from .errors import DataError
+from .config import Config, TrainConfig
+from .data import Columns, Preprocessor, TaskData
+from .errors import DataError, RunError
 from .io import Run
+from .losses import TaskLosses
+from .models import MultiTaskModel, build_model
 from .tasks import Task
-from .train import Splits, fit, resolve_tasks
+from .train import Splits, _scheduler, fit, prepare, resolve_device, resolve_tasks
+
+Vectorize = Literal["exact", "dropout", "off"]
+
+#: Balancers whose step with one task is the gradient of α·L itself (an aggregator of a single
+#: gradient returns it; DWA, GradNorm and RLW weigh a lone task 1): the ensemble trains those.
+#: ``uncertainty`` and ``imtl_l`` learn a loss scale, and ``famo`` and ``geometric`` stop
+#: descending below a loss of ``eps``, so those STL networks are fitted one at a time.
+ONE_TASK_PLAIN_GRADIENT = frozenset(
+    {
+        "fixed", "dwa", "gradnorm", "rlw", "mgda", "pcgrad", "cagrad", "imtl_g", "graddrop",
+        "gradvac", "nash_mtl", "aligned_mtl", "upgrad", "fairgrad",
+    }
+)  # fmt: skip
 
 
 def stl_config(config: Config, task: Task, features: list[str]) -> Config:
@@ -46,11 +76,35 @@ def labelled_rows(splits: Splits, task: Task) -> Splits:
     return Splits(keep(splits.train), keep(splits.validation), keep(splits.test))
 
 
+def sequential_reason(config: Config, vectorize: Vectorize = "exact") -> str | None:
+    """Why ``fit_stl`` would train the STL networks of ``config`` one run at a time (None: as
+    stacked ensembles)."""
+    model, train = config.model, config.train
+    if vectorize == "off":
+        return "vectorize='off'"
+    if config.signals is not None:
+        return "config.signals are fitted inside each run"
+    if model.architecture != "hard_sharing":
+        return f"model.architecture {model.architecture!r} (only hard_sharing is stacked)"
+    if model.norm == "batch":
+        return "model.norm 'batch' keeps running statistics per batch"
+    if model.dropout > 0 and vectorize == "exact":
+        return "model.dropout > 0 draws other random masks than separate runs"
+    if train.balancer not in ONE_TASK_PLAIN_GRADIENT:
+        return f"train.balancer {train.balancer!r} changes a single task's step"
+    if train.amp:
+        return "train.amp"
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return "distributed training (torchrun)"
+    return None
+
+
 def fit_stl(
     config: Config,
     splits: Splits,
     *,
     on_task: Callable[[Task], None] | None = None,
+    vectorize: Vectorize = "exact",
 ) -> dict[str, Run]:
     """Fit one STL network per main task of ``config`` on the given splits.
 
@@ -58,16 +112,497 @@ def fit_stl(
     use for the others (they would add zero-loss rows to its batches), and its preprocessing is
     fitted on its own training rows. Shape, optimizer, epochs and stopping rule are the MTL
     model's.
+
+    ``vectorize``: ``"exact"`` (default) trains networks of equal parameter shapes as one
+    stacked ensemble, each member on its own rows, batch order, optimizer state, learning rate
+    and early stopping, which gives the networks and scores of separate ``fit`` runs with the
+    same seed up to float rounding. It falls back to separate runs (``sequential_reason`` says
+    why) for dropout (other random masks), batch norm, architectures other than
+    ``hard_sharing``, config signals, AMP, ``torchrun``, and balancers that change a single
+    task's step (``ONE_TASK_PLAIN_GRADIENT``); a network whose shape no other shares is fitted
+    alone. ``"dropout"`` also stacks networks with dropout: each member draws its own masks,
+    so they are STL networks with the same distribution, not the separate runs' draws.
+    ``"off"`` always fits separately. ``on_task(task)`` is called as each network starts
+    (for an ensemble, for all its members at its start).
     """
-    runs = {}
     features = feature_columns(config, splits)
-    for task in resolve_tasks(config):
-        if not task.is_main:
-            continue
-        if on_task is not None:
-            on_task(task)
-        own = labelled_rows(splits, task)
-        if not len(own.train):
+    tasks = [t for t in resolve_tasks(config) if t.is_main]
+    own = {t.name: labelled_rows(splits, t) for t in tasks}
+    for task in tasks:
+        if not len(own[task.name].train):
             raise DataError(f"task {task.name!r} has no labelled training row")
-        runs[task.name] = fit(stl_config(config, task, features), splits=own)
-    return runs
+    configs = {t.name: stl_config(config, t, features) for t in tasks}
+    if len(tasks) < 2 or sequential_reason(config, vectorize) is not None:
+        runs = {}
+        for task in tasks:
+            if on_task is not None:
+                on_task(task)
+            runs[task.name] = fit(configs[task.name], splits=own[task.name])
+        return runs
+
+    groups: dict[tuple, list[_Member]] = {}
+    for task in tasks:
+        member = _member(configs[task.name], own[task.name])
+        shapes = tuple((k, tuple(v.shape)) for k, v in member.model.state_dict().items())
+        groups.setdefault(shapes, []).append(member)
+    runs = {}
+    for members in groups.values():
+        if on_task is not None:
+            for member in members:
+                on_task(member.task)
+        if len(members) == 1:  # nothing to stack: the plain run
+            member = members[0]
+            runs[member.task.name] = fit(member.config, splits=own[member.task.name])
+        else:
+            runs.update(_Ensemble(members, config.train, dropout=vectorize == "dropout").fit())
+    return {t.name: runs[t.name] for t in tasks}
+
+
+# ---- the stacked ensemble -------------------------------------------------------------------
+@dataclass
+class _Member:
+    """One STL network to train: its task and config, preprocessing, encoded splits and the
+    model as ``fit`` builds it (same seed, so the same initial weights)."""
+
+    task: Task
+    config: Config
+    preprocessor: Preprocessor
+    data: dict[str, TaskData]
+    model: MultiTaskModel
+
+
+def _member(config: Config, splits: Splits) -> _Member:
+    (task,) = resolve_tasks(config)
+    preprocessor, encoded = prepare(config, splits, [task])
+    torch.manual_seed(config.train.seed)
+    model = build_model(
+        config.model,
+        n_numeric=preprocessor.n_numeric,
+        cardinalities=preprocessor.cardinalities,
+        out_dims=preprocessor.output_dims(),
+    )
+    return _Member(task, config, preprocessor, encoded, model)
+
+
+class _Rows:
+    """The encoded rows of several members, padded to one length: ``(M, n, …)`` tensors.
+
+    ``take(index, valid)`` gathers each member's rows ``index[m]`` (``(M, B)``; ``valid`` False
+    marks padding) in a few indexing operations and returns the inputs ``(M, B, …)`` and the
+    targets and masks as ``Columns`` with one column per member, the layout ``TaskLosses``
+    reads a batch of T tasks in (padding is masked out).
+    """
+
+    def __init__(self, names: Sequence[str], data: Sequence[TaskData], device: torch.device):
+        self.names = list(names)
+        self.lengths = torch.tensor([len(d) for d in data])
+        n = int(self.lengths.max())
+        self.n = n
+
+        def pad(tensors: list[Tensor]) -> Tensor:
+            out = tensors[0].new_zeros((len(tensors), n, *tensors[0].shape[1:]))
+            for m, t in enumerate(tensors):
+                out[m, : len(t)] = t
+            return out.to(device)
+
+        self.x_num = pad([d.x_num for d in data])
+        self.x_cat = pad([d.x_cat for d in data])
+        targets = [d.targets[name] for name, d in zip(names, data, strict=True)]
+        masks = [d.masks[name] for name, d in zip(names, data, strict=True)]
+        # 1-D targets in one block per dtype, 1-D masks in one block; 2-D (multilabel) apart
+        by_dtype: dict[torch.dtype, list[int]] = {}
+        for m, t in enumerate(targets):
+            if t.dim() == 1:
+                by_dtype.setdefault(t.dtype, []).append(m)
+        flat = [m for m, t in enumerate(masks) if t.dim() == 1]
+        self.target_blocks = [
+            (self._positions(ms, device), pad([targets[m] for m in ms])) for ms in by_dtype.values()
+        ]
+        self.target_columns = {
+            self.names[m]: (b, j)
+            for b, ms in enumerate(by_dtype.values())
+            for j, m in enumerate(ms)
+        }
+        self.mask_blocks = (
+            [(self._positions(flat, device), pad([masks[m] for m in flat]))] if flat else []
+        )
+        self.mask_columns = {self.names[m]: (0, j) for j, m in enumerate(flat)}
+        self.rest = {
+            m: (pad([targets[m]])[0], pad([masks[m]])[0])
+            for m, t in enumerate(targets)
+            if t.dim() != 1
+        }
+        self.offsets = (torch.arange(len(data)) * n).to(device)[:, None]
+        self._selections: tuple[dict, dict] = ({}, {})
+
+    def _positions(self, members: list[int], device: torch.device) -> tuple[Tensor, Tensor]:
+        """Members' positions and the offsets of their rows in a flattened ``(len, n)`` block."""
+        index = torch.tensor(members, dtype=torch.long, device=device)
+        return index, (torch.arange(len(members), device=device) * self.n)[:, None]
+
+    def take(self, index: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Columns, Columns]:
+        m, b = index.shape
+        flat = (index + self.offsets).view(-1)
+        x_num, x_cat = (
+            x.view(m * self.n, x.shape[-1]).index_select(0, flat).view(m, b, x.shape[-1])
+            for x in (self.x_num, self.x_cat)
+        )
+        blocks = [block.take(index[pos] + off).t() for (pos, off), block in self.target_blocks]
+        mask_blocks = [
+            (block.take(index[pos] + off) & valid[pos]).t()
+            for (pos, off), block in self.mask_blocks
+        ]
+        rest_targets = {self.names[k]: t[index[k]] for k, (t, _) in self.rest.items()}
+        rest_masks = {
+            self.names[k]: mk[index[k]] & valid[k, :, None] for k, (_, mk) in self.rest.items()
+        }
+        targets = Columns(
+            blocks, self.target_columns, rest_targets, self.names, self._selections[0]
+        )
+        masks = Columns(mask_blocks, self.mask_columns, rest_masks, self.names, self._selections[1])
+        return x_num, x_cat, targets, masks
+
+
+class _StackedOptimizer:
+    """``torch.optim``'s Adam, AdamW or SGD (their single-tensor update, the one used on the
+    CPU) applied to stacked parameters as M independent optimizers: each member has its own
+    step count and learning rate, and a member outside ``active`` is left exactly as it is
+    (no step, no decay of its moments), as if its own optimizer had not been called."""
+
+    def __init__(self, params: list[Tensor], config: TrainConfig, lrs: Tensor) -> None:
+        self.kind = config.optimizer
+        self.weight_decay = config.weight_decay
+        self.momentum = config.momentum
+        self.betas = (0.9, 0.999)  # torch.optim's defaults, which train.py uses
+        self.eps = 1e-8
+        self.lrs = lrs  # (M,) float64 on the CPU, set by the caller each epoch
+        self.steps = torch.zeros(len(lrs), dtype=torch.float64)
+        self.state = [[torch.zeros_like(p) for _ in range(self._slots)] for p in params]
+
+    @property
+    def _slots(self) -> int:
+        return 1 if self.kind == "sgd" else 2
+
+    def keep(self, index: Tensor) -> None:
+        """Keep the members at ``index`` (positions in the current stack), in that order."""
+        self.state = [
+            [s.index_select(0, index.to(s.device)) for s in slots] for slots in self.state
+        ]
+        cpu = index.cpu()
+        self.steps, self.lrs = self.steps[cpu], self.lrs[cpu]
+
+    @torch.no_grad()
+    def step(self, params: list[Tensor], active: Tensor | None) -> None:
+        """One update of the members in ``active`` (a ``(M,)`` bool CPU tensor; None: all)."""
+        frozen = None if active is None else torch.nonzero(~active).view(-1)
+        if frozen is not None:
+            device = params[0].device
+            frozen = frozen.to(device)
+            saved = [(p[frozen].clone(), [s[frozen].clone() for s in st])
+                     for p, st in zip(params, self.state, strict=True)]  # fmt: skip
+        self.steps += 1 if active is None else active.to(torch.float64)
+        if self.kind == "sgd":
+            self._sgd(params)
+        else:
+            self._adam(params)
+        if frozen is not None:
+            for p, st, (p_old, s_old) in zip(params, self.state, saved, strict=True):
+                p[frozen] = p_old
+                for s, old in zip(st, s_old, strict=True):
+                    s[frozen] = old
+
+    def _per_member(self, values: Tensor, like: Tensor) -> Tensor:
+        """A ``(M,)`` float64 CPU vector as a float tensor broadcasting over ``like``'s rows."""
+        return values.to(like.dtype).to(like.device).view(-1, *([1] * (like.dim() - 1)))
+
+    def _sgd(self, params: list[Tensor]) -> None:
+        for p, (buf,) in zip(params, self.state, strict=True):
+            grad = p.grad
+            if self.weight_decay:
+                grad = grad.add(p, alpha=self.weight_decay)
+            if self.momentum:
+                # the buffer starts at 0, so its first update is the gradient itself, as torch's
+                grad = buf.mul_(self.momentum).add_(grad)
+            p.add_(self._per_member(-self.lrs, p) * grad)
+
+    def _adam(self, params: list[Tensor]) -> None:
+        beta1, beta2 = self.betas
+        step_size = self.lrs / (1 - beta1**self.steps)
+        correction2 = (1 - beta2**self.steps) ** 0.5
+        decay = 1 - self.lrs * self.weight_decay
+        for p, (exp_avg, exp_avg_sq) in zip(params, self.state, strict=True):
+            grad = p.grad
+            if self.weight_decay:
+                if self.kind == "adamw":
+                    p.mul_(self._per_member(decay, p))
+                else:
+                    grad = grad.add(p, alpha=self.weight_decay)
+            exp_avg.lerp_(grad, 1 - beta1)
+            exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            denom = (exp_avg_sq.sqrt() / self._per_member(correction2, p)).add_(self.eps)
+            p.add_(self._per_member(-step_size, p) * exp_avg / denom)
+
+
+class _Ensemble:
+    """STL networks of one parameter shape trained side by side, as ``Trainer.fit`` trains
+    each: per epoch its own ``randperm`` of its rows (a generator seeded with ``train.seed``),
+    its batches in that order (a member with fewer batches sits out the last steps), the
+    masked mean loss of its task, its own optimizer, learning-rate schedule, validation loss,
+    best weights and early stopping. A member that stops leaves the stack with its best
+    weights; the others go on."""
+
+    def __init__(self, members: list[_Member], train: TrainConfig, *, dropout: bool) -> None:
+        self.members = members
+        self.config = train
+        self.device = resolve_device(train.device)
+        models = [m.model for m in members]
+        for model in models:
+            model.train()
+        params, buffers = stack_module_state(models)
+        self.keys = list(params)
+        self.params = [p.detach().to(self.device).requires_grad_() for p in params.values()]
+        self.buffers = {k: b.to(self.device) for k, b in buffers.items()}
+        self.base = copy.deepcopy(models[0]).to("meta")
+        self.best = [p.detach().clone() for p in self.params]  # by member, all of them
+
+        def forward(params: list[Tensor], buffers: dict, x_num: Tensor, x_cat: Tensor) -> Tensor:
+            state = {**dict(zip(self.keys, params, strict=True)), **buffers}
+            return functional_call(self.base, state, (x_num, x_cat), {"packed": True})
+
+        self.forward = vmap(forward, randomness="different" if dropout else "error")
+        self.alphas = torch.tensor([m.task.weight for m in members], device=self.device)
+        self.logged_weight = {  # what the balancer reports for a lone task (history only)
+            m.task.name: m.task.weight if train.balancer == "fixed" else 1.0 for m in members
+        }
+        self.schedules = [_schedule(train) for _ in members]
+        lrs = torch.tensor(
+            [s[0].param_groups[0]["lr"] for s in self.schedules], dtype=torch.float64
+        )
+        self.optimizer = _StackedOptimizer(self.params, train, lrs)
+        self.live = list(range(len(members)))  # members still training, in stack order
+        self.generators: dict[int, torch.Generator] = {}  # the shuffles, by number of rows
+        self._build_stacks()
+
+    # ---- the live stack ---------------------------------------------------------------------
+    def _build_stacks(self) -> None:
+        members = [self.members[i] for i in self.live]
+        names = [m.task.name for m in members]
+        self.train_rows = _Rows(names, [m.data["train"] for m in members], self.device)
+        self.losses = TaskLosses(
+            [m.task for m in members],
+            names,
+            {m.task.name: m.preprocessor.output_dims()[m.task.name] for m in members},
+        )
+        self.validated = [k for k, m in enumerate(members) if "validation" in m.data]
+        self.val_rows = (
+            _Rows(
+                [names[k] for k in self.validated],
+                [members[k].data["validation"] for k in self.validated],
+                self.device,
+            )
+            if self.validated
+            else None
+        )
+        val_members = [members[k] for k in self.validated]
+        self.val_losses = TaskLosses(
+            [m.task for m in val_members],
+            [m.task.name for m in val_members],
+            {m.task.name: m.preprocessor.output_dims()[m.task.name] for m in val_members},
+        )
+        self.live_alphas = self.alphas[torch.tensor(self.live, device=self.device)]
+        self.steps_per_epoch = (self.train_rows.lengths + self.config.batch_size - 1) // (
+            self.config.batch_size
+        )
+
+    def _keep(self, positions: list[int]) -> None:
+        index = torch.tensor(positions, dtype=torch.long)
+        on_device = index.to(self.device)
+        self.params = [p.detach().index_select(0, on_device).requires_grad_() for p in self.params]
+        self.buffers = {k: b.index_select(0, on_device) for k, b in self.buffers.items()}
+        self.optimizer.keep(index)
+        self.live = [self.live[k] for k in positions]
+        self._build_stacks()
+
+    # ---- training ---------------------------------------------------------------------------
+    def _orders(self) -> Tensor:
+        """Each live member's batch order for this epoch, ``(M, steps × batch)``, -1 padded.
+
+        A separate run draws ``randperm(n)`` from its own generator seeded with ``train.seed``,
+        once per epoch; live members with the same ``n`` have drawn alike so far and share one.
+        """
+        lengths = self.train_rows.lengths.tolist()
+        width = int(self.steps_per_epoch.max()) * self.config.batch_size
+        orders = torch.full((len(lengths), width), -1, dtype=torch.long)
+        perms: dict[int, Tensor] = {}
+        for m, n in enumerate(lengths):
+            if n not in perms:
+                generator = self.generators.get(n)
+                if generator is None:
+                    generator = self.generators[n] = torch.Generator().manual_seed(self.config.seed)
+                perms[n] = torch.randperm(n, generator=generator)
+            orders[m, :n] = perms[n]
+        return orders.to(self.device)
+
+    def _train_epoch(self) -> Tensor:
+        """One epoch; each live member's mean training loss (``(M,)``, CPU)."""
+        cfg = self.config
+        self.base.train()
+        orders = self._orders()
+        loss_sum = torch.zeros(len(self.live), device=self.device)
+        for step in range(int(self.steps_per_epoch.max())):
+            index = orders[:, step * cfg.batch_size : (step + 1) * cfg.batch_size]
+            valid = index >= 0
+            active = self.steps_per_epoch > step
+            x_num, x_cat, targets, masks = self.train_rows.take(index.clamp_min(0), valid)
+            packed = self.forward(self.params, self.buffers, x_num, x_cat)  # (M, B, 1, o)
+            losses = self.losses(packed[:, :, 0].transpose(0, 1).float(), targets, masks)
+            (losses.vector * self.live_alphas).sum().backward()
+            if cfg.grad_clip is not None:
+                self._clip(cfg.grad_clip)
+            self.optimizer.step(self.params, None if bool(active.all()) else active)
+            for p in self.params:
+                p.grad = None
+            loss_sum += losses.vector.detach()  # a member without a batch adds 0
+        return loss_sum.cpu() / self.steps_per_epoch
+
+    def _clip(self, max_norm: float) -> None:
+        """``clip_grad_norm_`` of each member's gradients, by the norm over all its parameters."""
+        norms = torch.stack([p.grad.flatten(1).norm(dim=1) for p in self.params])
+        total = norms.norm(dim=0)
+        scale = (max_norm / (total + 1e-6)).clamp(max=1.0)
+        for p in self.params:
+            p.grad.mul_(scale.view(-1, *([1] * (p.dim() - 1))))
+
+    @torch.no_grad()
+    def _validation(self, chunk: int) -> Tensor:
+        """Each validated live member's mean loss over its validation rows (float64, CPU)."""
+        rows = self.val_rows
+        assert rows is not None
+        self.base.eval()
+        totals = torch.zeros(len(rows.names), dtype=torch.float64)
+        counts = torch.zeros(len(rows.names), dtype=torch.float64)
+        which = torch.tensor(self.validated, device=self.device)
+        params = [p.detach()[which] for p in self.params]
+        buffers = {k: b[which] for k, b in self.buffers.items()}
+        lengths = rows.lengths.to(self.device)[:, None]
+        for start in range(0, rows.n, chunk):
+            index = torch.arange(start, min(start + chunk, rows.n), device=self.device)
+            index = index.expand(len(rows.names), -1)
+            valid = index < lengths
+            x_num, x_cat, targets, masks = rows.take(torch.where(valid, index, 0), valid)
+            packed = self.forward(params, buffers, x_num, x_cat)
+            losses = self.val_losses(packed[:, :, 0].transpose(0, 1).float(), targets, masks)
+            n = torch.stack([masks[name].sum() for name in rows.names]).double().cpu()
+            totals += losses.vector.double().cpu() * n
+            counts += n
+        return totals / counts
+
+    def fit(self) -> dict[str, Run]:
+        cfg = self.config
+        started = time.perf_counter()
+        count = len(self.members)
+        records: list[list[dict[str, float]]] = [[] for _ in range(count)]
+        best_objective = [math.inf] * count
+        best_epoch, bad_epochs = [0] * count, [0] * count
+        stopped = [False] * count
+        chunk = max(64, 2**16 // count)
+        for epoch in range(1, cfg.epochs + 1):
+            epoch_started = time.perf_counter()
+            train_loss = self._train_epoch()
+            if not torch.isfinite(train_loss).all():
+                bad = [self.members[self.live[k]].task.name for k in range(len(self.live))
+                       if not math.isfinite(float(train_loss[k]))]  # fmt: skip
+                raise RunError(
+                    f"training diverged: the loss of {', '.join(bad)} is not finite; "
+                    "lower train.lr or set train.grad_clip"
+                )
+            val = self._validation(chunk) if self.val_rows is not None else None
+            val_of = dict(zip(self.validated, val.tolist(), strict=True)) if val is not None else {}
+            seconds = (time.perf_counter() - epoch_started) / len(self.live)
+            keep: list[int] = []
+            improved: list[int] = []
+            for k, i in enumerate(self.live):
+                task = self.members[i].task
+                optimizer, schedule = self.schedules[i]
+                record = {
+                    f"train_loss/{task.name}": float(train_loss[k]),
+                    f"weight/{task.name}": self.logged_weight[task.name],
+                    "epoch": epoch,
+                    "lr": optimizer.param_groups[0]["lr"],
+                }
+                objective = math.nan
+                if k in val_of:
+                    record[f"val_loss/{task.name}"] = val_of[k]
+                    objective = float(task.weight * val_of[k])
+                record["val_objective"] = objective
+                record["seconds"] = seconds
+                records[i].append(record)
+                better = not math.isnan(objective) and objective < best_objective[i] - 1e-12
+                if better or math.isnan(objective):
+                    best_objective[i] = objective if better else best_objective[i]
+                    best_epoch[i], bad_epochs[i] = epoch, 0
+                    improved.append(k)
+                else:
+                    bad_epochs[i] += 1
+                if schedule is not None:
+                    optimizer.step()  # a no-op, so torch sees the usual call order
+                    if cfg.scheduler == "plateau":
+                        if not math.isnan(objective):
+                            schedule.step(objective)
+                    else:
+                        schedule.step()
+                stopped[i] = cfg.patience is not None and bad_epochs[i] >= cfg.patience
+                if not stopped[i]:
+                    keep.append(k)
+            if improved:
+                rows = torch.tensor(improved, device=self.device)
+                members = torch.tensor([self.live[k] for k in improved], device=self.device)
+                for best, p in zip(self.best, self.params, strict=True):
+                    best[members] = p.detach()[rows]
+            if not keep:
+                break
+            self.optimizer.lrs = torch.tensor(
+                [self.schedules[i][0].param_groups[0]["lr"] for i in self.live], dtype=torch.float64
+            )
+            if len(keep) < len(self.live):
+                self._keep(keep)
+        seconds = (time.perf_counter() - started) / count
+        return {
+            m.task.name: self._run(i, records[i], best_epoch[i], stopped[i], seconds)
+            for i, m in enumerate(self.members)
+        }
+
+    def _run(
+        self,
+        i: int,
+        records: list[dict[str, float]],
+        best_epoch: int,
+        stopped: bool,
+        seconds: float,
+    ) -> Run:
+        """Member ``i`` as the ``Run`` ``fit`` returns: its best weights in its own model."""
+        member = self.members[i]
+        state = {k: best[i].cpu().clone() for k, best in zip(self.keys, self.best, strict=True)}
+        member.model.load_state_dict(state)
+        member.model.eval()
+        run = Run(
+            config=member.config,
+            model=member.model,
+            preprocessor=member.preprocessor,
+            history=pd.DataFrame(records),
+        )
+        run.metrics = {
+            "best_epoch": best_epoch,
+            "stopped_early": stopped,
+            "train_seconds": seconds,
+            "stl_ensemble_size": len(self.members),
+            **{name: run.score(data) for name, data in member.data.items() if name != "train"},
+        }
+        return run
+
+
+def _schedule(train: TrainConfig) -> tuple[torch.optim.Optimizer, object | None]:
+    """A stand-in optimizer carrying one member's learning rate and the scheduler ``fit`` would
+    attach to its optimizer: the member's learning rate follows the very same schedule."""
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=train.lr)
+    return optimizer, _scheduler(optimizer, train)
