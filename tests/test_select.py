@@ -6,6 +6,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +23,10 @@ from polytask.baselines import stl_config
 from polytask.data import TaskData
 from polytask.evaluate import HIGHER_IS_BETTER
 from polytask.models import build_model
-from polytask.train import prepare, primary_scorer
+from polytask.train import finetune_tasks, prepare, primary_scorer
 
 MAIN = [t for t in ALL_TASKS if t.is_main]
+TORCHRUN = Path(sys.executable).parent / "torchrun"
 
 
 def _splits(seed: int = 3) -> pt.Splits:
@@ -225,6 +229,28 @@ def test_finetuning_never_worsens_a_tasks_validation_loss_and_helps_conflicting_
         assert after < 0.9 * before, (name, before, after)  # one unit cannot serve both
 
 
+def test_a_task_is_finetuned_on_its_own_loss_only() -> None:
+    tasks = [pt.Task(name="a", kind="regression"), pt.Task(name="b", kind="regression")]
+    splits = make_splits(_conflicting(120, 1), validation=30, test=10)
+    config = make_config("unused.csv", tasks, epochs=1, finetune={"epochs": 3})
+    preprocessor, encoded = prepare(config, splits, tasks)
+    scrambled = splits.train.assign(b=np.random.default_rng(2).normal(size=len(splits.train)))
+    states = []
+    for train in (encoded["train"], TaskData.from_frame(scrambled, preprocessor)):
+        torch.manual_seed(0)
+        model = build_model(
+            config.model,
+            n_numeric=preprocessor.n_numeric,
+            cardinalities=preprocessor.cardinalities,
+            out_dims=preprocessor.output_dims(),
+        )
+        trainer = pt.Trainer(model, tasks, config.train)
+        states.append(finetune_tasks(trainer, {}, train, encoded["validation"])[0])
+    same, other = states
+    assert all(torch.equal(v, other["a"][k]) for k, v in same["a"].items())  # b's labels unused
+    assert not all(torch.equal(v, other["b"][k]) for k, v in same["b"].items())
+
+
 # ---- config, baselines and compare ----------------------------------------------------------
 def test_select_and_finetune_are_validated_with_their_field_names() -> None:
     data = {"train": "t.csv"}
@@ -276,3 +302,91 @@ def test_compare_scores_mtl_from_its_snapshots_and_keeps_the_stl_baseline() -> N
     joint_only = dataclasses.replace(run, task_snapshot={}).score(test)
     for name in run.task_snapshot:  # the joint weights alone score otherwise
         assert joint_only[name] != run.metrics["test"][name]
+
+
+# ---- under torchrun --------------------------------------------------------------------------
+DDP_SCRIPT = textwrap.dedent(
+    """
+    import json
+    import sys
+    from datetime import timedelta
+    from pathlib import Path
+
+    import numpy as np
+    import pandas as pd
+    import torch
+    import torch.distributed as dist
+    from safetensors.torch import save_file
+
+    import polytask as pt
+
+    torch.set_num_threads(1)
+    out = Path(sys.argv[1])
+    dist.init_process_group("gloo", timeout=timedelta(seconds=60))
+    rank = dist.get_rank()
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(120, 3))
+    frame = pd.DataFrame(x, columns=["a", "b", "c"])
+    frame["y"] = x[:, 0] - 2 * x[:, 1] + 0.3 * rng.normal(size=120)
+    frame["z"] = (x[:, 2] + 0.5 * rng.normal(size=120) > 0).astype(int)
+    splits = pt.Splits(frame.iloc[:80], frame.iloc[80:], frame.iloc[:0])
+    config = pt.Config(
+        data=pt.DataConfig(train="unused.csv"),
+        tasks=[pt.Task(name="y", kind="regression"), pt.Task(name="z", kind="binary")],
+        model=pt.ModelConfig(shared=[8]),
+        train=pt.TrainConfig(
+            epochs=5, batch_size=8, lr=0.05, device="cpu", patience=None, select="per_task",
+            finetune={"epochs": 2},
+        ),
+    )
+    run = pt.fit(config, splits=splits, out=out / "run")
+    tensors = {f"{label}/{k}": v for label, s in run.snapshots.items() for k, v in s.items()}
+    save_file(tensors, str(out / f"rank{rank}.safetensors"))
+    run.predict(frame).to_csv(out / f"rank{rank}.csv", index=False)
+
+    # the epochs are rank 0's choice on every rank: a scorer that would disagree on rank 1
+    pre = run.preprocessor
+    data = pt.TaskData.from_frame(splits.train, pre)
+    model = pt.build_model(
+        config.model, n_numeric=pre.n_numeric, cardinalities=pre.cardinalities,
+        out_dims=pre.output_dims(),
+    )
+    calls = []
+
+    def scorer(model, validation):
+        calls.append(rank)
+        return {"y": [3.0, 1.0, 2.0][len(calls) - 1] if rank == 0 else -len(calls), "z": 0.5}
+
+    settings = config.train.model_copy(update={"epochs": 3, "finetune": None})
+    history = pt.Trainer(model, config.tasks, settings).fit(data, data, scorer=scorer)
+    (out / f"rank{rank}.json").write_text(json.dumps({"epochs": history.task_epochs}))
+    dist.barrier()
+    dist.destroy_process_group()
+    """
+)
+
+
+@pytest.mark.skipif(
+    not (torch.distributed.is_available() and TORCHRUN.is_file()), reason="needs torchrun"
+)
+def test_two_ranks_select_and_finetune_alike(tmp_path: Path) -> None:
+    script = tmp_path / "ddp_select.py"
+    script.write_text(DDP_SCRIPT)
+    result = subprocess.run(
+        [str(TORCHRUN), "--standalone", "--nproc_per_node", "2", str(script), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rank0, rank1 = (load_file(tmp_path / f"rank{r}.safetensors") for r in (0, 1))
+    assert rank0.keys() == rank1.keys() and rank0
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    pd.testing.assert_frame_equal(
+        pd.read_csv(tmp_path / "rank0.csv"), pd.read_csv(tmp_path / "rank1.csv"), check_exact=True
+    )
+    run = pt.load(tmp_path / "run")
+    assert run.task_snapshot == {"y": "finetuned y", "z": "finetuned z"}
+    choices = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert choices[0] == choices[1] == {"epochs": {"y": 2, "z": 1}}
