@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 
 import polytask as pt  # noqa: E402
 from polytask.balancing import BALANCERS, make_balancer  # noqa: E402
-from polytask.models import MultiTaskModel  # noqa: E402
+from polytask.models import HardSharing  # noqa: E402
 from polytask.models.layers import MLP, TabularInput  # noqa: E402
 
 
@@ -36,7 +36,7 @@ class Stepper:
         torch.manual_seed(0)
         self.names = [f"t{i}" for i in range(n_tasks)]
         tasks = [pt.Task(name=n, kind="regression") for n in self.names]
-        self.model = MultiTaskModel(
+        self.model = HardSharing(
             encoder=TabularInput(args.features, [], None),
             trunk=MLP(args.features, [args.width] * args.depth),
             out_dims={n: 1 for n in self.names},

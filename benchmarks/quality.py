@@ -155,11 +155,11 @@ class TorchJDUPGrad(Balancer):
 
         names = list(losses)
         values = [losses[n] for n in names]
-        # The heads are one stacked tensor, each task owning a slice: their gradient is the plain
-        # sum's, taken first; torchjd then does the Jacobian of the shared part.
-        heads = model.head_parameters()
+        # The task-specific parameters (heads: one stacked tensor, each task owning a slice)
+        # get the plain sum's gradient, taken first; torchjd then does the Jacobian of the
+        # joint (shared and other) parameters through the representation.
+        heads, shared = model.split_parameters()
         head_grads = torch.autograd.grad(sum(values), heads, retain_graph=True, allow_unused=True)
-        shared = model.shared_parameters()
         mtl_backward(
             values,
             features,

@@ -92,13 +92,22 @@ class DataConfig(_Section):
 
 
 class ModelConfig(_Section):
-    """Architecture and sizes of the shared network and the task heads."""
+    """Architecture and sizes of the shared network and the task heads.
+
+    ``shared``: the layer widths of the shared trunk, of each expert, of each task's column or
+    network (whichever the architecture has); ``head``: every task head's hidden widths
+    (``tasks[].head`` overrides it per task); ``options``: the architecture's own (see
+    docs/architectures.md); ``linear_path``: hard_sharing adds a linear map of the encoded
+    inputs to every head's output (wide and deep).
+    """
 
     _section: ClassVar[str] = "model"
 
     architecture: str = "hard_sharing"
     shared: list[PositiveInt] = Field(default_factory=lambda: [64, 64])
     head: list[PositiveInt] = Field(default_factory=list)
+    options: dict[str, Any] = Field(default_factory=dict)
+    linear_path: bool = False
     activation: str = "relu"
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     norm: Literal["none", "batch", "layer"] = "none"
@@ -110,6 +119,28 @@ class ModelConfig(_Section):
         from .models import ARCHITECTURES
 
         return _known(name, ARCHITECTURES, "an architecture")
+
+    @field_validator("options")
+    @classmethod
+    def _architecture_options(cls, options: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        from .models import validate_architecture_options
+
+        name = info.data.get("architecture")
+        if name is None:  # the name itself was invalid and is reported on its own
+            return options
+        try:
+            validate_architecture_options(name, options)
+        except ConfigError as exc:
+            raise ValueError(str(exc).removeprefix("model.options.")) from None
+        return options
+
+    @model_validator(mode="after")
+    def _linear_path_of_hard_sharing(self) -> ModelConfig:
+        if self.linear_path and self.architecture != "hard_sharing":
+            raise ValueError(
+                f"linear_path: only hard_sharing has a linear path, not {self.architecture!r}"
+            )
+        return self
 
     @field_validator("activation")
     @classmethod
@@ -410,7 +441,7 @@ def format_validation_error(
             allowed = _allowed_keys(model, parent)
             if allowed:
                 msg += f" (allowed: {one_of(allowed)})"
-        elif loc.endswith("_options") and re.match(r"^[\w.\[\]]+: ", msg):
+        elif loc.endswith("options") and re.match(r"^[\w.\[\]]+: ", msg):
             key, _, msg = msg.partition(": ")  # an option's own path, from the registry
             loc = f"{loc}.{key}"
         elif err["type"] not in ("value_error", "missing") and "input" in err:

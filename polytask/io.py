@@ -134,6 +134,9 @@ class Run:
     snapshots: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     #: The main tasks predicted from a snapshot, and its label; the others use ``model``.
     task_snapshot: dict[str, str] = field(default_factory=dict)
+    #: The architecture's routing weights (``mixing_tables``: gates averaged over the
+    #: validation rows, cross-stitch matrices), saved as ``mixing.json`` and plotted.
+    mixing: dict[str, Any] = field(default_factory=dict)
 
     @property
     def tasks(self) -> list[Task]:
@@ -151,12 +154,9 @@ class Run:
         parts: list[torch.Tensor] = []
         for start in range(0, len(data), chunk):
             stop = min(start + chunk, len(data))
-            parts.append(
-                self.model.forward_packed(
-                    data.x_num[start:stop].to(device), data.x_cat[start:stop].to(device)
-                ).cpu()
-            )
-        return self.model.heads.unpack(torch.cat(parts))
+            x_num, x_cat = data.x_num[start:stop].to(device), data.x_cat[start:stop].to(device)
+            parts.append(self.model(x_num, x_cat, packed=True).cpu())
+        return self.model.unpack(torch.cat(parts))
 
     def _task_outputs(
         self, data: TaskData, names: Sequence[str] | None = None
@@ -286,6 +286,12 @@ class Run:
         write_json(directory / "metrics.json", self.metrics)
         if self.signals is not None:
             write_json(directory / "signals.json", self.signals)
+        if self.mixing:
+            from .report import plot_mixing
+
+            write_json(directory / "mixing.json", self.mixing)
+            architecture = self.config.model.architecture
+            plot_mixing(self.mixing, directory / "plots", architecture=architecture)
         if self.history is not None and len(self.history):
             self.history.to_csv(directory / "history.csv", index=False)
             from .report import plot_learning_curves, plot_weights
@@ -372,6 +378,7 @@ RUN_FILES = (
     "config.yaml",
     "metrics.json",
     "signals.json",
+    "mixing.json",
     "history.csv",
 )
 
@@ -445,6 +452,7 @@ def load(directory: str | Path, *, trunk: Trunk | None = None) -> Run:
             n_numeric=int(meta["n_numeric"]),
             cardinalities=[int(c) for c in meta["cardinalities"]],
             out_dims={str(k): int(v) for k, v in meta["out_dims"].items()},
+            heads={t.name: t.head for t in preprocessor.tasks if t.head is not None},
             trunk=trunk,
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -463,6 +471,7 @@ def load(directory: str | Path, *, trunk: Trunk | None = None) -> Run:
     signals = (
         _read_json(directory / "signals.json") if (directory / "signals.json").is_file() else None
     )
+    mixing = _read_json(directory / "mixing.json") if (directory / "mixing.json").is_file() else {}
     return Run(
         config=config,
         model=model,
@@ -474,7 +483,29 @@ def load(directory: str | Path, *, trunk: Trunk | None = None) -> Run:
         signals=signals,
         snapshots=snapshots,
         task_snapshot=task_snapshot,
+        mixing=mixing,
     )
+
+
+@torch.no_grad()
+def mixing_tables(model: MultiTaskModel, data: TaskData, chunk: int = 8192) -> dict[str, Any]:
+    """``model.mixing`` over all rows of ``data`` (gates averaged, in chunks), JSON-ready."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    tables: dict[str, Any] = {}
+    sums: dict[str, torch.Tensor] = {}
+    for start in range(0, len(data), chunk):
+        stop = min(start + chunk, len(data))
+        x_num, x_cat = data.x_num[start:stop].to(device), data.x_cat[start:stop].to(device)
+        for name, table in model.mixing(x_num, x_cat).items():
+            tables[name] = table
+            weighted = table.values.double().cpu() * (stop - start)
+            sums[name] = sums[name] + weighted if name in sums else weighted
+    model.train(was_training)
+    for name, table in tables.items():
+        table.values = sums[name] / len(data)
+    return {name: table.to_json() for name, table in tables.items()}
 
 
 def _read_yaml(path: Path) -> Any:
@@ -588,4 +619,4 @@ def load_checkpoint(
     return state
 
 
-__all__ = ["Run", "load", "load_checkpoint", "save_checkpoint", "write_json"]
+__all__ = ["Run", "load", "load_checkpoint", "mixing_tables", "save_checkpoint", "write_json"]

@@ -93,6 +93,42 @@ def plot_weights(history: pd.DataFrame, directory: Path, *, balancer: str = "") 
     return path
 
 
+def plot_mixing(
+    tables: Mapping[str, Mapping[str, Any]], directory: Path, *, architecture: str = ""
+) -> Path | None:
+    """The architecture's routing weights (``io.mixing_tables``), one heatmap per table, in
+    ``mixing.png``: gates averaged over validation rows, cross-stitch mixing matrices."""
+    if not tables:
+        return None
+    plt = _pyplot()
+    directory.mkdir(parents=True, exist_ok=True)
+    shapes = [np.asarray(t["values"], dtype=float).shape for t in tables.values()]
+    width = sum(min(0.55 * c + 2.2, 12.0) for _, c in shapes)
+    height = min(0.4 * max(r for r, _ in shapes) + 2.2, 12.0)
+    fig, axes = plt.subplots(1, len(tables), figsize=(min(width, 30.0), height), squeeze=False)
+    for ax, (name, table) in zip(axes[0], tables.items(), strict=True):
+        values = np.asarray(table["values"], dtype=float)
+        image = ax.imshow(values, cmap="viridis", vmin=min(0.0, values.min()), aspect="auto")
+        ax.set_title(textwrap.fill(name, 32), fontsize=9)
+        small = values.size <= 150  # labels and values stay readable
+        ax.set_xticks(range(values.shape[1]))
+        ax.set_yticks(range(values.shape[0]))
+        ax.set_xticklabels(table["columns"] if small else [], rotation=60, ha="right", fontsize=7)
+        ax.set_yticklabels(table["rows"] if small else [], fontsize=7)
+        if small:
+            threshold = values.min() + 0.6 * (values.max() - values.min())
+            for (i, j), v in np.ndenumerate(values):
+                colour = "black" if v > threshold else "white"
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color=colour)
+        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    fig.suptitle(f"{architecture} routing weights" if architecture else "routing weights")
+    fig.tight_layout()
+    path = directory / "mixing.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 #: Metrics bounded by 1 share one panel whatever their values; others are split by scale.
 _UNIT_METRICS = frozenset(
     {"auc", "accuracy", "f1", "macro_f1", "micro_f1", "subset_accuracy", "r2"}

@@ -14,6 +14,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PositiveInt,
     ValidationError,
     field_validator,
     model_validator,
@@ -95,6 +96,7 @@ class Task(BaseModel, metaclass=FriendlyErrors):
     loss: str | None = None
     metrics: list[str] | None = None
     classes: list[str | int | float | bool] | None = None
+    head: list[PositiveInt] | None = None  # this task's head hidden widths (model.head if None)
 
     @field_validator("kind")
     @classmethod

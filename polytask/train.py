@@ -28,7 +28,7 @@ from .data import Preprocessor, Splits, TaskData, read_table, split_indices
 from .errors import ConfigError, DataError, RunError
 from .evaluate import HIGHER_IS_BETTER
 from .losses import TaskLosses, TaskLossValues
-from .models import MultiTaskModel, Trunk, build_model
+from .models import MultiTaskModel, Trunk, build_model, check_parameter_groups
 from .tasks import Task, check_tasks
 
 #: Each main task's primary metric for the model's current weights on the given (validation)
@@ -149,12 +149,13 @@ class Trainer:
         self.tasks = check_tasks(tasks)
         self.config = config
         self.device = resolve_device(config.device)
+        check_parameter_groups(model)  # a parameter in no group, or in two, is trained wrongly
         self.model = model.to(self.device)
         self.balancer = balancer or make_balancer(
             config.balancer, self.tasks, config.balancer_options
         )
         self.callback = callback
-        self.losses = TaskLosses(self.tasks, model.task_names, model.heads.out_dims)
+        self.losses = TaskLosses(self.tasks, model.task_names, model.out_dims)
         self._task_index = {name: i for i, name in enumerate(self.losses.order)}
         self.rank, self.world_size = _distributed()
         self.net: nn.Module = self.model
@@ -182,7 +183,7 @@ class Trainer:
         for start in range(0, len(rows), chunk):
             batch = data.batch(rows[start : start + chunk])
             with self._autocast():
-                packed = self.model.forward_packed(batch.x_num, batch.x_cat)
+                packed = self.model(batch.x_num, batch.x_cat, packed=True)
             losses = self.losses(packed.float(), batch.targets, batch.masks)
             for name, loss in losses.items():
                 n = float(batch.masks[name].sum())
@@ -483,6 +484,9 @@ class Trainer:
                 self._average_grads(
                     list(self.model.parameters()) + own if self.balancer.sets_grads else own
                 )
+            # the architecture's own penalty (soft sharing), after DDP's averaging: it is the
+            # same on every rank
+            self.model.add_penalty_gradient()
             if cfg.grad_clip is not None:
                 nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
             self.optimizer.step()
@@ -721,6 +725,7 @@ def fit(
         n_numeric=preprocessor.n_numeric,
         cardinalities=preprocessor.cardinalities,
         out_dims=preprocessor.output_dims(),
+        heads={t.name: t.head for t in preprocessor.tasks if t.head is not None},
         trunk=trunk,
     )
     trainer = Trainer(model, tasks, config.train, callback=callback)
@@ -774,6 +779,7 @@ def fit(
         signals=signals,
         snapshots=snapshots,
         task_snapshot=task_snapshot,
+        mixing=io.mixing_tables(trainer.model, encoded.get("validation") or encoded["train"]),
     )
     run.metrics = {
         "best_epoch": history.best_epoch,

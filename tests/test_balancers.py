@@ -14,7 +14,7 @@ import polytask as pt
 import polytask.losses
 from polytask.balancing import BALANCERS, make_balancer
 from polytask.balancing.aggregation import _Aggregation
-from polytask.models import MultiTaskModel
+from polytask.models import HardSharing
 from polytask.models.layers import MLP, TabularInput
 
 SIZES = [(2, 5, 0), (3, 8, 1), (5, 20, 2), (8, 40, 3)]  # (tasks, dimension, seed)
@@ -79,8 +79,8 @@ def test_upgrad_does_not_conflict_with_any_task(m: int, n: int, seed: int) -> No
     assert float((jac @ d).min()) >= -1e-6 * float(jac.norm() * d.norm())
 
 
-def _model(n_in: int, tasks: list[str], width: int = 16) -> MultiTaskModel:
-    return MultiTaskModel(
+def _model(n_in: int, tasks: list[str], width: int = 16) -> HardSharing:
+    return HardSharing(
         encoder=TabularInput(n_in, [], None),
         trunk=MLP(n_in, [width]),
         out_dims={t: 1 for t in tasks},
@@ -207,7 +207,7 @@ def test_the_head_outputs_path_gives_the_same_gradients(head: list[int], level: 
     grads, weights = [], []
     for with_outputs in (False, True):
         torch.manual_seed(0)
-        model = MultiTaskModel(
+        model = HardSharing(
             encoder=TabularInput(4, [], None),
             trunk=MLP(4, [8]),
             out_dims={"a": 1, "b": 3, "c": 1, "d": 2},
@@ -258,7 +258,7 @@ def test_a_task_without_labels_changes_nothing(name: str, level: str) -> None:
         weights = balancer.backward(losses, model=model, features=h)
         if with_missing:
             assert weights["b"] == 0.0
-        grads.append([p.grad.clone() for p in model.shared_parameters()])
+        grads.append([p.grad.clone() for p in model.parameter_groups().shared])
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b)
 

@@ -52,8 +52,8 @@ def _gradient(setup) -> list[torch.Tensor]:
     """∂(Σ_t α_t L_t)/∂θ on the whole training set at the initial weights."""
     model, train, _ = setup
     model = copy.deepcopy(model)
-    losses = TaskLosses(TASKS, model.task_names, model.heads.out_dims)
-    packed = model.forward_packed(train.x_num, train.x_cat)
+    losses = TaskLosses(TASKS, model.task_names, model.out_dims)
+    packed = model(train.x_num, train.x_cat, packed=True)
     values = losses(packed, train.targets, train.masks)
     sum(t.weight * values[t.name] for t in TASKS).backward()
     return [p.grad.clone() for p in model.parameters()]

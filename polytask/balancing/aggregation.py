@@ -1,16 +1,20 @@
-"""Gradient-aggregation balancers: per-task gradients of the shared part combined into one update.
+"""Gradient-aggregation balancers: per-task gradients of the joint part combined into one update.
 
 The aggregators themselves are torchjd's (``torchjd.aggregation``); this module feeds them the
-Jacobian from ``jacobian.task_jacobian`` at one of two levels:
+Jacobian from ``jacobian.task_jacobian`` at one of two levels, over the model's
+``parameter_groups()`` (see ``models.multitask``):
 
-- ``parameters``: rows are the task gradients w.r.t. all shared parameters φ (exact, T× the
-  memory of one gradient);
-- ``representation``: rows are the task gradients w.r.t. the shared features h (the cheap
-  approximation, MGDA-UB style); the aggregated h-gradient is then backpropagated once through
-  the trunk, which equals the backward of Σ w_t L_t with the weights the aggregator implies.
+- ``parameters``: rows are the task gradients w.r.t. all joint (shared and other) parameters
+  (exact, T× the memory of one gradient);
+- ``representation``: rows are the task gradients w.r.t. the model's representation z (the
+  cheap approximation, MGDA-UB style); the aggregated z-gradient is then pulled back once to
+  the joint parameters, which equals their gradient of Σ w_t L_t with the weights the
+  aggregator implies.
 
-Heads get the plain sum of their tasks' gradients (each head sees only its own loss). Tasks
-absent from a batch are left out of the Jacobian for that step.
+Task-specific parameters get the plain sum of their tasks' gradients (each sees only its own
+loss). A model with no joint parameter (soft sharing) has nothing to aggregate: every task's
+parameters get its own loss's gradient and the weights are 1. Tasks absent from a batch are left
+out of the Jacobian for that step.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from ..models.multitask import MultiTaskModel
 from .base import Balancer, register_balancer
 from .jacobian import add_flat_grad, add_grads, task_jacobian
 
@@ -100,30 +105,38 @@ class _Aggregation(Balancer):
         outputs: Tensor | None = None,
     ) -> dict[str, float]:
         if features is None:
-            raise ValueError(f"balancer {self.name!r} needs the shared features h")
+            raise ValueError(f"balancer {self.name!r} needs the model's representation z")
+        if not isinstance(model, MultiTaskModel):
+            raise ConfigError(
+                f"train.balancer: {self.name!r} needs a polytask MultiTaskModel (its "
+                f"parameter_groups), got {type(model).__name__}"
+            )
         names, stacked = self._weighted(losses)
-        heads = model.head_parameters()
-        shared = model.shared_parameters()
+        specific, joint = model.split_parameters()
+        if not joint:  # nothing serves two tasks: each task's parameters get its own gradient
+            stacked.sum().backward()
+            return dict(zip(names, (stacked.detach() != 0).float().tolist(), strict=True))
         by_params = self.options.level == "parameters"
-        fast = outputs is not None and hasattr(model, "heads")
+        fast = outputs is not None
         jac = task_jacobian(
             stacked,
             features,
-            head_params=heads,
-            shared_params=shared if by_params else None,
+            task_params=specific,
+            joint_params=joint if by_params else None,
             outputs=outputs if fast else None,
-            heads=model.heads if fast else None,
-            slots=[model.heads.names.index(n) for n in names] if fast else None,
+            slots=model.slots(names) if fast else None,
+            output_rows=model.output_rows if fast else None,
         )
-        add_grads(heads, jac.head_grads)
+        add_grads(specific, jac.task_grads)
         weights = {n: 0.0 for n in names}
         if not len(jac.matrix):
             return weights
         w, direction = self.weights_and_direction(jac.matrix, jac.present)
         if by_params:
-            add_flat_grad(shared, direction)
+            add_flat_grad(joint, direction)
         else:
-            features.backward(direction.view_as(features).to(features.dtype))
+            cotangent = direction.view_as(features).to(features.dtype)
+            add_grads(joint, torch.autograd.grad(features, joint, cotangent, allow_unused=True))
         present_names = [n for n, p in zip(names, jac.present, strict=True) if p]
         weights.update(zip(present_names, w.tolist(), strict=True))
         return weights

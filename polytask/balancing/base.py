@@ -11,7 +11,7 @@ Under ``torchrun`` (DDP, W ranks) each loss's *value* is the task's masked mean 
 batches, the same on every rank, so state a balancer derives from loss values stays the same on
 every rank; its *gradient* is W times this rank's part of that mean's gradient, so DDP's average
 over ranks is the gradient over the union batch. Whatever a balancer computes from this rank's
-activations instead must be reduced over the ranks (``batch_norms`` for gradient norms at h).
+activations instead must be reduced over the ranks (``batch_norms`` for gradient norms at z).
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ class Balancer:
     reference: ClassVar[str] = ""
     Options: ClassVar[type[BaseModel]] = NoOptions
     needs_features: ClassVar[bool] = False
-    """True when ``backward`` needs the shared representation h (passed as ``features``)."""
+    """True when ``backward`` needs the model's representation z (passed as ``features``;
+    ``models.multitask`` says what z is for each architecture)."""
     sets_grads: ClassVar[bool] = False
     """True when ``backward`` writes ``.grad`` itself rather than through one ``.backward()``
     (under DDP the trainer then skips DDP's gradient hooks and averages the gradients itself)."""
@@ -62,7 +63,7 @@ class Balancer:
     ) -> dict[str, float]:
         """Accumulate the step's gradients; return the task weights used (for logging).
 
-        ``features`` is the shared representation h (given when ``needs_features``);
+        ``features`` is the model's representation z (given when ``needs_features``);
         ``outputs`` the packed head outputs ``(N, T, o)`` the losses were computed from, which
         lets the Jacobian engine skip the losses in its batched backward.
         """
@@ -92,7 +93,7 @@ class Balancer:
 
 def batch_norms(rows: Tensor) -> Tensor:
     """The norms of the rows of a Jacobian ``(T, …)`` taken w.r.t. this rank's activations
-    (such as h), over the union batch of all ranks under DDP.
+    (such as z), over the union batch of all ranks under DDP.
 
     Each rank's rows are W times its part of the union batch's gradient (see the module
     docstring), so the squared norms summed over ranks are divided by W².

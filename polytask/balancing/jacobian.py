@@ -1,19 +1,25 @@
-"""The Jacobian engine: per-task gradients of the shared part from one batched autograd call.
+"""The Jacobian engine: per-task gradients of the non-task-specific part from one batched
+autograd call.
 
-Given the stacked task losses ``(T,)`` and the shared representation h ``(N, d)``, one
-vectorized backward (``is_grads_batched``, i.e. ``torch.vmap`` over the T unit cotangents) gives
-every task's gradient with respect to h and every task's gradient of the head parameters; at the
-parameter level a second vectorized backward pulls the T rows of ∂L/∂h back through the trunk.
-No method loops over tasks with ``.backward()``.
+Given the stacked task losses ``(T,)`` and the model's representation z ``(N, …)`` (see
+``models.multitask``: every loss depends on the joint — shared and other — parameters only
+through z), one vectorized backward (``is_grads_batched``, i.e. ``torch.vmap`` over the T unit
+cotangents) gives every task's gradient with respect to z and the task-specific parameters'
+gradient; at the parameter level a second vectorized backward pulls the T rows of ∂L/∂z back to
+the joint parameters. No method loops over tasks with ``.backward()``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
+
+#: ∂L_i/∂z ``(T_i, N, …)`` from ∂L_i/∂outputs ``(N, T_i, o)`` and the tasks' output slots, or
+#: None (``MultiTaskModel.output_rows``).
+OutputRows = Callable[[Tensor, Tensor], Tensor | None]
 
 
 @dataclass
@@ -22,7 +28,7 @@ class TaskJacobian:
 
     matrix: Tensor  # (T_present, n) in float32
     present: list[bool]
-    head_grads: list[Tensor | None]  # Σ_t ∂L_t/∂θ for each head parameter
+    task_grads: list[Tensor | None]  # Σ_t ∂L_t/∂θ for each task-specific parameter
 
 
 def batched_grad(
@@ -43,74 +49,77 @@ def task_jacobian(
     losses: Tensor,
     features: Tensor,
     *,
-    head_params: Sequence[nn.Parameter],
-    shared_params: Sequence[nn.Parameter] | None,
+    task_params: Sequence[Tensor],
+    joint_params: Sequence[Tensor] | None,
     outputs: Tensor | None = None,
-    heads: nn.Module | None = None,
     slots: Sequence[int] | None = None,
+    output_rows: OutputRows | None = None,
 ) -> TaskJacobian:
-    """The Jacobian of ``losses`` w.r.t. h (``shared_params`` None) or the shared parameters.
+    """The Jacobian of ``losses`` w.r.t. z (``joint_params`` None) or the joint parameters.
 
-    With the packed head ``outputs`` (N, T_heads, o) of ``heads`` and the slot of each loss in
-    them (``slots``), ∂L/∂h is taken the cheap way: loss i depends on ``outputs[:, slots[i]]``
-    only, so one ordinary backward gives every ∂L_i/∂outputs, and only the heads are
-    differentiated per task (one einsum for linear heads, else one batched backward through
-    the heads alone). Without them the batched backward runs through the losses too.
+    With the packed ``outputs`` (N, T_out, o) and the slot of each loss in them (``slots``),
+    ∂L/∂z is taken the cheap way: loss i depends on ``outputs[:, slots[i]]`` only, so one
+    ordinary backward gives every ∂L_i/∂outputs and the task-specific gradients, and only the
+    part between z and the outputs is differentiated per task (``output_rows``' closed form,
+    one einsum for linear heads, else one batched backward from the outputs to z). Without
+    them the batched backward runs through the losses too.
 
-    A task whose gradient on h is exactly zero (no labelled row in the batch) is left out.
-    The graph through h is kept, so the caller may still backpropagate into the trunk.
+    A task whose gradient on z is exactly zero (no labelled row in the batch) is left out.
+    The graph through z is kept, so the caller may still backpropagate into it.
     """
-    if outputs is not None and heads is not None and slots is not None:
-        jac_h, head_grads = _jacobian_from_outputs(
-            losses, features, outputs, heads, slots, head_params
+    if outputs is not None and slots is not None:
+        jac_z, task_grads = _jacobian_from_outputs(
+            losses, features, outputs, slots, task_params, output_rows
         )
     else:
         eye = torch.eye(len(losses), dtype=losses.dtype, device=losses.device)
-        grads = batched_grad(losses, [features, *head_params], eye, retain_graph=True)
-        jac_h = grads[0]
-        if jac_h is None:
-            jac_h = torch.zeros(len(losses), *features.shape, dtype=features.dtype)
-        head_grads = [None if g is None else g.sum(0) for g in grads[1:]]
-    present = (jac_h.flatten(1).abs().amax(1) > 0).tolist()
-    jac_h = jac_h[torch.tensor(present, device=jac_h.device)]
-    if shared_params is None or not len(jac_h):
-        matrix = jac_h.flatten(1)
+        grads = batched_grad(losses, [features, *task_params], eye, retain_graph=True)
+        jac_z = grads[0]
+        if jac_z is None:
+            jac_z = torch.zeros(len(losses), *features.shape, dtype=features.dtype)
+        task_grads = [None if g is None else g.sum(0) for g in grads[1:]]
+    present = (jac_z.flatten(1).abs().amax(1) > 0).tolist()
+    jac_z = jac_z[torch.tensor(present, device=jac_z.device)]
+    if joint_params is None or not len(jac_z):
+        matrix = jac_z.flatten(1)
     else:
-        params = list(shared_params)
-        rows = batched_grad(features, params, jac_h, retain_graph=True)
+        params = list(joint_params)
+        rows = batched_grad(features, params, jac_z, retain_graph=True)
         matrix = torch.cat(
             [
-                (torch.zeros(len(jac_h), p.numel(), device=p.device) if r is None else r.flatten(1))
+                (torch.zeros(len(jac_z), p.numel(), device=p.device) if r is None else r.flatten(1))
                 for p, r in zip(params, rows, strict=True)
             ],
             dim=1,
         )
-    return TaskJacobian(matrix.float(), present, head_grads)
+    return TaskJacobian(matrix.float(), present, task_grads)
 
 
 def _jacobian_from_outputs(
     losses: Tensor,
     features: Tensor,
     outputs: Tensor,
-    heads: nn.Module,
     slots: Sequence[int],
-    head_params: Sequence[nn.Parameter],
+    task_params: Sequence[Tensor],
+    output_rows: OutputRows | None,
 ) -> tuple[Tensor, list[Tensor | None]]:
     (g,) = torch.autograd.grad(losses.sum(), outputs, retain_graph=True)
-    head_grads = list(
-        torch.autograd.grad(outputs, list(head_params), g, retain_graph=True, allow_unused=True)
-    )
+    task_grads: list[Tensor | None] = []
+    if task_params:
+        task_grads = list(
+            torch.autograd.grad(outputs, list(task_params), g, retain_graph=True, allow_unused=True)
+        )
     index = torch.tensor(list(slots), device=g.device)
     g = g.index_select(1, index)  # (N, T, o): column i is loss i's
-    weights = list(heads.weights)
-    if len(weights) == 1 and features.dim() == 2:  # linear heads: ∂L_i/∂h = g_i W_iᵀ
-        jac_h = torch.einsum("nto,tdo->tnd", g, weights[0].index_select(0, index).to(g.dtype))
-    else:
+    jac_z = output_rows(g, index) if output_rows is not None else None
+    if jac_z is None:
         eye = torch.eye(len(slots), dtype=g.dtype, device=g.device)
         cotangents = torch.zeros(len(slots), *outputs.shape, dtype=g.dtype, device=g.device)
         cotangents[:, :, index] = g.unsqueeze(0) * eye[:, None, :, None]
-        (jac_h,) = batched_grad(outputs, [features], cotangents, retain_graph=True)
-    return jac_h.to(features.dtype), head_grads
+        (jac_z,) = batched_grad(outputs, [features], cotangents, retain_graph=True)
+        if jac_z is None:
+            jac_z = torch.zeros(len(slots), *features.shape, dtype=features.dtype)
+    return jac_z.to(features.dtype), task_grads
 
 
 def add_grads(params: Sequence[Tensor], grads: Sequence[Tensor | None]) -> None:

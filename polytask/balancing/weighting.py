@@ -212,10 +212,11 @@ class GradNormOptions(BaseModel):
 
 @register_balancer
 class GradNorm(Balancer):
-    """Learns w_t so that ‖∇_h w_t L_t‖ tracks mean‖·‖ × (relative inverse training rate)^α.
+    """Learns w_t so that ‖∇_z w_t L_t‖ tracks mean‖·‖ × (relative inverse training rate)^α.
 
-    The gradient norms are taken w.r.t. the shared representation h (one batched Jacobian);
-    the weights take their own gradient step (``lr``) and are renormalized to sum to T.
+    The gradient norms are taken w.r.t. the model's representation z (the shared features h
+    under hard sharing; one batched Jacobian); the weights take their own gradient step
+    (``lr``) and are renormalized to sum to T.
     """
 
     name = "gradnorm"
@@ -241,7 +242,7 @@ class GradNorm(Balancer):
         from .jacobian import batched_grad
 
         if features is None:
-            raise ValueError("balancer 'gradnorm' needs the shared features h")
+            raise ValueError("balancer 'gradnorm' needs the model's representation z")
         names, stacked, present = _stacked(self, losses)
         idx = torch.tensor([self.index[n] for n in names])
         w = self.weights[idx].to(stacked.device)
