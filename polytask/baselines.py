@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
@@ -76,6 +77,27 @@ def labelled_rows(splits: Splits, task: Task) -> Splits:
     return Splits(keep(splits.train), keep(splits.validation), keep(splits.test))
 
 
+def _own_rows(
+    splits: Splits, tasks: Sequence[Task], features: list[str], *, signals: bool
+) -> dict[str, Splits]:
+    """``labelled_rows`` of every task, each with only the inputs and the task's own label
+    columns (one presence test per split, one take per task: T copies of a wide table cost
+    more than training a small network). With signals, which may read any column, whole rows."""
+    labels = [c for t in tasks for c in t.columns]
+    if signals or any(c not in f.columns for f in splits for c in [*features, *labels]):
+        return {t.name: labelled_rows(splits, t) for t in tasks}  # errors come from fit
+    slot = {c: i for i, c in enumerate(labels)}
+    parts: dict[str, list[pd.DataFrame]] = {t.name: [] for t in tasks}
+    for frame in splits:
+        present = frame[labels].notna().to_numpy()
+        position = {c: i for i, c in enumerate(frame.columns)}
+        for task in tasks:
+            rows = np.flatnonzero(present[:, [slot[c] for c in task.columns]].any(axis=1))
+            keep = [position[c] for c in [*features, *task.columns]]
+            parts[task.name].append(frame.iloc[rows, keep].reset_index(drop=True))
+    return {name: Splits(*frames) for name, frames in parts.items()}
+
+
 def sequential_reason(config: Config, vectorize: Vectorize = "exact") -> str | None:
     """Why ``fit_stl`` would train the STL networks of ``config`` one run at a time (None: as
     stacked ensembles)."""
@@ -127,7 +149,7 @@ def fit_stl(
     """
     features = feature_columns(config, splits)
     tasks = [t for t in resolve_tasks(config) if t.is_main]
-    own = {t.name: labelled_rows(splits, t) for t in tasks}
+    own = _own_rows(splits, tasks, features, signals=config.signals is not None)
     for task in tasks:
         if not len(own[task.name].train):
             raise DataError(f"task {task.name!r} has no labelled training row")
@@ -240,6 +262,15 @@ class _Rows:
         index = torch.tensor(members, dtype=torch.long, device=device)
         return index, (torch.arange(len(members), device=device) * self.n)[:, None]
 
+    def label_counts(self, masks: Columns) -> Tensor:
+        """Each member's labelled entries in ``masks`` (as ``take`` made them), ``(M,)``."""
+        counts = torch.zeros(len(self.names), dtype=torch.long, device=self.x_num.device)
+        for ((pos, _), _), block in zip(self.mask_blocks, masks.blocks, strict=True):
+            counts[pos] = block.sum(0)
+        for k in self.rest:
+            counts[k] = masks[self.names[k]].sum()
+        return counts
+
     def take(self, index: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Columns, Columns]:
         m, b = index.shape
         flat = (index + self.offsets).view(-1)
@@ -343,6 +374,19 @@ class _StackedOptimizer:
             p.add_(self._per_member(-step_size, p) * exp_avg / denom)
 
 
+@dataclass
+class _Epoch:
+    """What one ensemble epoch logs, by live member (``live``: the members' indices)."""
+
+    epoch: int
+    live: np.ndarray
+    train_loss: np.ndarray
+    validation: np.ndarray
+    lrs: np.ndarray
+    objective: np.ndarray
+    seconds: float
+
+
 class _Ensemble:
     """STL networks of one parameter shape trained side by side, as ``Trainer.fit`` trains
     each: per epoch its own ``randperm`` of its rows (a generator seeded with ``train.seed``),
@@ -413,6 +457,8 @@ class _Ensemble:
         self.steps_per_epoch = (self.train_rows.lengths + self.config.batch_size - 1) // (
             self.config.batch_size
         )
+        lengths = self.train_rows.lengths
+        self.by_length = {int(n): torch.nonzero(lengths == n).view(-1) for n in lengths.unique()}
 
     def _keep(self, positions: list[int]) -> None:
         index = torch.tensor(positions, dtype=torch.long)
@@ -425,22 +471,19 @@ class _Ensemble:
 
     # ---- training ---------------------------------------------------------------------------
     def _orders(self) -> Tensor:
-        """Each live member's batch order for this epoch, ``(M, steps × batch)``, -1 padded.
+        """Each live member's batch order for this epoch, ``(M, most rows)``, -1 padded (so a
+        batch is no wider than the most rows a member has left).
 
         A separate run draws ``randperm(n)`` from its own generator seeded with ``train.seed``,
         once per epoch; live members with the same ``n`` have drawn alike so far and share one.
         """
-        lengths = self.train_rows.lengths.tolist()
-        width = int(self.steps_per_epoch.max()) * self.config.batch_size
-        orders = torch.full((len(lengths), width), -1, dtype=torch.long)
-        perms: dict[int, Tensor] = {}
-        for m, n in enumerate(lengths):
-            if n not in perms:
-                generator = self.generators.get(n)
-                if generator is None:
-                    generator = self.generators[n] = torch.Generator().manual_seed(self.config.seed)
-                perms[n] = torch.randperm(n, generator=generator)
-            orders[m, :n] = perms[n]
+        lengths = self.train_rows.lengths
+        orders = torch.full((len(lengths), self.train_rows.n), -1, dtype=torch.long)
+        for n, members in self.by_length.items():
+            generator = self.generators.get(n)
+            if generator is None:
+                generator = self.generators[n] = torch.Generator().manual_seed(self.config.seed)
+            orders[members, :n] = torch.randperm(n, generator=generator)
         return orders.to(self.device)
 
     def _train_epoch(self) -> Tensor:
@@ -492,7 +535,7 @@ class _Ensemble:
             x_num, x_cat, targets, masks = rows.take(torch.where(valid, index, 0), valid)
             packed = self.forward(params, buffers, x_num, x_cat)
             losses = self.val_losses(packed[:, :, 0].transpose(0, 1).float(), targets, masks)
-            n = torch.stack([masks[name].sum() for name in rows.names]).double().cpu()
+            n = rows.label_counts(masks).double().cpu()
             totals += losses.vector.double().cpu() * n
             counts += n
         return totals / counts
@@ -501,76 +544,93 @@ class _Ensemble:
         cfg = self.config
         started = time.perf_counter()
         count = len(self.members)
-        records: list[list[dict[str, float]]] = [[] for _ in range(count)]
-        best_objective = [math.inf] * count
-        best_epoch, bad_epochs = [0] * count, [0] * count
-        stopped = [False] * count
+        alphas = np.array([m.task.weight for m in self.members], dtype=np.float64)
+        best_objective = np.full(count, math.inf)
+        best_epoch = np.zeros(count, dtype=np.int64)
+        bad_epochs = np.zeros(count, dtype=np.int64)
+        stopped = np.zeros(count, dtype=bool)
+        log: list[_Epoch] = []
         chunk = max(64, 2**16 // count)
         for epoch in range(1, cfg.epochs + 1):
             epoch_started = time.perf_counter()
-            train_loss = self._train_epoch()
-            if not torch.isfinite(train_loss).all():
-                bad = [self.members[self.live[k]].task.name for k in range(len(self.live))
-                       if not math.isfinite(float(train_loss[k]))]  # fmt: skip
+            live = np.array(self.live)
+            train_loss = self._train_epoch().numpy()
+            if not np.isfinite(train_loss).all():
+                bad = [self.members[i].task.name for i in live[~np.isfinite(train_loss)]]
                 raise RunError(
                     f"training diverged: the loss of {', '.join(bad)} is not finite; "
                     "lower train.lr or set train.grad_clip"
                 )
-            val = self._validation(chunk) if self.val_rows is not None else None
-            val_of = dict(zip(self.validated, val.tolist(), strict=True)) if val is not None else {}
-            seconds = (time.perf_counter() - epoch_started) / len(self.live)
-            keep: list[int] = []
-            improved: list[int] = []
-            for k, i in enumerate(self.live):
-                task = self.members[i].task
-                optimizer, schedule = self.schedules[i]
-                record = {
-                    f"train_loss/{task.name}": float(train_loss[k]),
-                    f"weight/{task.name}": self.logged_weight[task.name],
-                    "epoch": epoch,
-                    "lr": optimizer.param_groups[0]["lr"],
-                }
-                objective = math.nan
-                if k in val_of:
-                    record[f"val_loss/{task.name}"] = val_of[k]
-                    objective = float(task.weight * val_of[k])
-                record["val_objective"] = objective
-                record["seconds"] = seconds
-                records[i].append(record)
-                better = not math.isnan(objective) and objective < best_objective[i] - 1e-12
-                if better or math.isnan(objective):
-                    best_objective[i] = objective if better else best_objective[i]
-                    best_epoch[i], bad_epochs[i] = epoch, 0
-                    improved.append(k)
-                else:
-                    bad_epochs[i] += 1
-                if schedule is not None:
-                    optimizer.step()  # a no-op, so torch sees the usual call order
-                    if cfg.scheduler == "plateau":
-                        if not math.isnan(objective):
-                            schedule.step(objective)
-                    else:
-                        schedule.step()
-                stopped[i] = cfg.patience is not None and bad_epochs[i] >= cfg.patience
-                if not stopped[i]:
-                    keep.append(k)
-            if improved:
-                rows = torch.tensor(improved, device=self.device)
-                members = torch.tensor([self.live[k] for k in improved], device=self.device)
+            val = np.full(len(live), math.nan)
+            if self.val_rows is not None:
+                val[self.validated] = self._validation(chunk).numpy()
+            objective = alphas[live] * val  # NaN where a member has no validation rows
+            lrs = self.optimizer.lrs.numpy().copy()
+            # Trainer.fit's rule, member by member: a NaN objective keeps the latest weights
+            with np.errstate(invalid="ignore"):
+                better = objective < best_objective[live] - 1e-12
+            reset = better | np.isnan(objective)
+            best_objective[live[better]] = objective[better]
+            best_epoch[live[reset]] = epoch
+            bad_epochs[live] = np.where(reset, 0, bad_epochs[live] + 1)
+            if reset.any():
+                rows = torch.from_numpy(np.flatnonzero(reset)).to(self.device)
+                members = torch.from_numpy(live[reset]).to(self.device)
                 for best, p in zip(self.best, self.params, strict=True):
                     best[members] = p.detach()[rows]
-            if not keep:
+            if cfg.patience is not None:
+                stopped[live] = bad_epochs[live] >= cfg.patience
+            seconds = time.perf_counter() - epoch_started
+            log.append(_Epoch(epoch, live, train_loss, val, lrs, objective, seconds))
+            keep = np.flatnonzero(~stopped[live])
+            if not len(keep):
                 break
-            self.optimizer.lrs = torch.tensor(
-                [self.schedules[i][0].param_groups[0]["lr"] for i in self.live], dtype=torch.float64
-            )
-            if len(keep) < len(self.live):
-                self._keep(keep)
+            self._step_schedules(objective)
+            if len(keep) < len(live):
+                self._keep(keep.tolist())
+        records = self._records(log)
         seconds = (time.perf_counter() - started) / count
         return {
-            m.task.name: self._run(i, records[i], best_epoch[i], stopped[i], seconds)
+            m.task.name: self._run(i, records[i], int(best_epoch[i]), bool(stopped[i]), seconds)
             for i, m in enumerate(self.members)
         }
+
+    def _step_schedules(self, objectives: np.ndarray) -> None:
+        """Each live member's scheduler step after an epoch, as ``Trainer.fit`` takes it."""
+        if self.config.scheduler == "none":
+            return
+        for k, i in enumerate(self.live):
+            optimizer, schedule = self.schedules[i]
+            optimizer.step()  # a no-op, so torch sees the usual call order
+            if self.config.scheduler != "plateau":
+                schedule.step()
+            elif not math.isnan(objectives[k]):
+                schedule.step(float(objectives[k]))
+        self.optimizer.lrs = torch.tensor(
+            [self.schedules[i][0].param_groups[0]["lr"] for i in self.live], dtype=torch.float64
+        )
+
+    def _records(self, log: list[_Epoch]) -> list[list[dict[str, float]]]:
+        """Each member's history records, with the columns and order ``Trainer.fit`` writes
+        (``seconds``: the ensemble's epoch time over the members it trained)."""
+        records: list[list[dict[str, float]]] = [[] for _ in self.members]
+        validated = ["validation" in m.data for m in self.members]
+        for entry in log:
+            seconds = entry.seconds / len(entry.live)
+            for k, i in enumerate(entry.live.tolist()):
+                name = self.members[i].task.name
+                record = {
+                    f"train_loss/{name}": float(entry.train_loss[k]),
+                    f"weight/{name}": self.logged_weight[name],
+                    "epoch": entry.epoch,
+                    "lr": float(entry.lrs[k]),
+                }
+                if validated[i]:
+                    record[f"val_loss/{name}"] = float(entry.validation[k])
+                record["val_objective"] = float(entry.objective[k])
+                record["seconds"] = seconds
+                records[i].append(record)
+        return records
 
     def _run(
         self,
