@@ -229,9 +229,10 @@ class Run:
         return pd.DataFrame(columns, index=frame.index)
 
     def score(
-        self, data: TaskData, *, include_auxiliary: bool = True
+        self, data: TaskData, *, include_auxiliary: bool = True, primary_only: bool = False
     ) -> dict[str, dict[str, float]]:
-        """Metrics per task on encoded data, over each task's labelled rows."""
+        """Metrics per task on encoded data, over each task's labelled rows (with
+        ``primary_only``, each task's primary metric and ``n``)."""
         scored = [
             t for t in self.tasks if t.name in data.targets and (include_auxiliary or t.is_main)
         ]
@@ -245,6 +246,8 @@ class Run:
             pred = self.preprocessor.decode(task, outputs[task.name])
             if task.kind != "multilabel":
                 pred = pred[mask.cpu().numpy()]
+            if primary_only:
+                task = task.model_copy(update={"metrics": [task.primary_metric]})
             scores[task.name] = task_scores(task, truth, pred)
         return scores
 

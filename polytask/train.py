@@ -627,7 +627,7 @@ def primary_scorer(config: Config, preprocessor: Preprocessor) -> Scorer:
 
     def score(model: MultiTaskModel, data: TaskData) -> dict[str, float]:
         run = io.Run(config=config, model=model, preprocessor=preprocessor)
-        scores = run.score(data, include_auxiliary=False)
+        scores = run.score(data, include_auxiliary=False, primary_only=True)
         return {name: values[primary[name]] for name, values in scores.items()}
 
     return score
