@@ -2,8 +2,10 @@
 loading never unpickles, so opening a run never executes code from it.
 
 A run directory holds ``config.yaml``, ``model.safetensors``, ``model.json`` (architecture),
-``preprocess.json``, ``tasks.json``, ``metrics.json``, ``history.csv``, ``plots/`` and, when the
-config has signals, ``signals.json`` (what they fitted on the training table).
+``preprocess.json``, ``tasks.json``, ``metrics.json``, ``history.csv``, ``plots/``, when the
+config has signals, ``signals.json`` (what they fitted on the training table) and, when some
+main tasks are predicted from their own weights (``train.select: per_task``,
+``train.finetune``), ``snapshots.safetensors`` + ``snapshots.json``.
 """
 
 from __future__ import annotations

@@ -2,7 +2,9 @@
 
 Batches → model → masked per-task losses → balancer → optimizer (weight decay is the λR(θ)
 term), validation each epoch, early stopping on the main tasks' weighted validation loss, the
-best weights restored, checkpoints and resume, and data-parallel training under ``torchrun``.
+best weights restored, checkpoints and resume, and data-parallel training under ``torchrun``;
+per-task selection (each main task's best epoch by its validation metric) and per-task
+fine-tuning after joint training.
 """
 
 from __future__ import annotations
