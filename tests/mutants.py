@@ -37,6 +37,7 @@ MARK = "# ---- mutant ----"
 BALANCERS_TESTS = ("tests/test_balancers.py",)
 LOSSES_TESTS = ("tests/test_losses.py",)
 SETTINGS_TESTS = ("tests/test_train_settings.py",)
+SELECT_TESTS = ("tests/test_select.py", "tests/test_train.py")
 
 
 @dataclass(frozen=True)
@@ -224,6 +225,58 @@ FixedWeights.backward = _mutant_fixed
 """,
         BALANCERS_TESTS,
         _defining("fixed_weights_each_loss_by_its_declared_alpha"),
+    ),
+    Mutant(
+        "snapshots unused",
+        "a run predicts every task from its joint weights, ignoring per-task snapshots",
+        "polytask/io.py",
+        """
+def _mutant_outputs(self, data, names=None):
+    produced = self._outputs(data)
+    return {n: produced[n] for n in (self.model.task_names if names is None else names)}
+
+
+Run._task_outputs = _mutant_outputs
+""",
+        SELECT_TESTS,
+    ),
+    Mutant(
+        "per_task = last epoch",
+        "train.select: per_task records every epoch as every task's best",
+        "polytask/train.py",
+        """
+def _mutant_select(self, scores, epoch, task_best, snapshots):
+    for name, value in scores.items():
+        task_best[name] = (value * self._metric_sign(name), epoch)
+    snapshots.clear()
+    snapshots[epoch] = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+    return True
+
+
+Trainer._select = _mutant_select
+""",
+        SELECT_TESTS,
+    ),
+    Mutant(
+        "selection not resumed",
+        "resume forgets the per-task best epochs and their weights",
+        "polytask/train.py",
+        """
+Trainer._restore_selection = lambda self, state, checkpoint_dir: ({}, {})
+""",
+        SELECT_TESTS,
+    ),
+    Mutant(
+        "finetune skipped",
+        "train.finetune returns each task's starting weights untrained",
+        "polytask/train.py",
+        """
+def finetune_tasks(trainer, starts, train, validation):
+    joint = {k: v.detach().cpu() for k, v in trainer.model.state_dict().items()}
+    states = {t.name: dict(starts.get(t.name, joint)) for t in trainer.tasks if t.is_main}
+    return states, {name: {"epochs": 0, "best_epoch": 0} for name in states}
+""",
+        SELECT_TESTS,
     ),
 ]
 
