@@ -23,7 +23,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from .config import Config, TrainConfig
 from .data import Columns, Preprocessor, TaskData
-from .errors import DataError, RunError
+from .errors import ConfigError, DataError, RunError, one_of
 from .io import Run
 from .losses import TaskLosses
 from .models import MultiTaskModel, build_model
@@ -31,6 +31,7 @@ from .tasks import Task
 from .train import Splits, _scheduler, fit, prepare, resolve_device, resolve_tasks
 
 Vectorize = Literal["exact", "dropout", "off"]
+VECTORIZE = ("exact", "dropout", "off")
 
 #: Balancers whose step with one task is the gradient of α·L itself (an aggregator of a single
 #: gradient returns it; DWA, GradNorm and RLW weigh a lone task 1): the ensemble trains those.
@@ -147,6 +148,8 @@ def fit_stl(
     ``"off"`` always fits separately. ``on_task(task)`` is called as each network starts
     (for an ensemble, for all its members at its start).
     """
+    if vectorize not in VECTORIZE:
+        raise ConfigError(f"vectorize: {vectorize!r} is not one of {one_of(VECTORIZE)}")
     features = feature_columns(config, splits)
     tasks = [t for t in resolve_tasks(config) if t.is_main]
     own = _own_rows(splits, tasks, features, signals=config.signals is not None)
@@ -202,6 +205,7 @@ def _member(config: Config, splits: Splits) -> _Member:
         n_numeric=preprocessor.n_numeric,
         cardinalities=preprocessor.cardinalities,
         out_dims=preprocessor.output_dims(),
+        heads={task.name: task.head} if task.head is not None else None,
     )
     return _Member(task, config, preprocessor, encoded, model)
 
@@ -396,6 +400,7 @@ class _Ensemble:
     weights; the others go on."""
 
     def __init__(self, members: list[_Member], train: TrainConfig, *, dropout: bool) -> None:
+        self.created = time.perf_counter()  # stacking counts as training time
         self.members = members
         self.config = train
         self.device = resolve_device(train.device)
@@ -542,7 +547,6 @@ class _Ensemble:
 
     def fit(self) -> dict[str, Run]:
         cfg = self.config
-        started = time.perf_counter()
         count = len(self.members)
         alphas = np.array([m.task.weight for m in self.members], dtype=np.float64)
         best_objective = np.full(count, math.inf)
@@ -589,7 +593,7 @@ class _Ensemble:
             if len(keep) < len(live):
                 self._keep(keep.tolist())
         records = self._records(log)
-        seconds = (time.perf_counter() - started) / count
+        seconds = (time.perf_counter() - self.created) / count
         return {
             m.task.name: self._run(i, records[i], int(best_epoch[i]), bool(stopped[i]), seconds)
             for i, m in enumerate(self.members)

@@ -101,23 +101,28 @@ def test_the_ensemble_trains_the_networks_of_separate_runs(setting: str) -> None
 
 
 def test_members_are_grouped_by_shape_across_kinds() -> None:
-    """A 2-class multiclass task and a 2-label multilabel task share a shape (one ensemble);
-    a 3-class task has its own; the predictions are the separate runs'."""
+    """A 2-class multiclass task and a 2-label multilabel task share a shape (one ensemble),
+    so do a count and a binary task; a 3-class task and a task with its own head widths are
+    alone. With a linear path beside the trunk, the predictions are the separate runs'."""
     frame = _frame(200, seed=7, missing={"species": 0.2, "tag_a": 0.3, "tag_b": 0.3})
     frame["pair"] = np.where(frame["sold"] == 1, "yes", "no")
     frame.loc[np.random.default_rng(0).random(len(frame)) < 0.4, "pair"] = np.nan
-    columns = FEATURES + ["species", "tag_a", "tag_b", "pair", "price"]
+    columns = FEATURES + ["species", "tag_a", "tag_b", "pair", "price", "sold", "visits"]
     splits = make_splits(frame[columns])
     tasks = [
         pt.Task(name="species", kind="multiclass"),
         pt.Task(name="tags", kind="multilabel", target=["tag_a", "tag_b"]),
         pt.Task(name="pair", kind="multiclass"),
-        PRICE,
+        PRICE.model_copy(update={"head": [8]}),
+        SOLD,
+        VISITS,
     ]
-    config = make_config("unused.csv", tasks, epochs=3, batch_size=32)
+    config = make_config(
+        "unused.csv", tasks, epochs=3, batch_size=32, model={"head": [4], "linear_path": True}
+    )
     separate = fit_stl(config, splits, vectorize="off")
     stacked = fit_stl(config, splits)
-    assert _stacked(stacked) == {"tags", "pair"}  # species (3 classes) and price are alone
+    assert _stacked(stacked) == {"tags", "pair", "sold", "visits"}
     _assert_same_runs(separate, stacked)
     for name in separate:
         pd.testing.assert_frame_equal(
@@ -180,6 +185,13 @@ def test_what_the_ensemble_cannot_reproduce_is_fitted_run_by_run(
     if train.get("amp"):
         return  # bfloat16 autocast: slow on some CPUs, and the reason is what is tested
     assert not _stacked(fit_stl(config, splits))
+
+
+def test_an_unknown_vectorize_value_is_refused() -> None:
+    splits = make_splits(make_frame(n=120, seed=1)[FEATURES + ["price", "sold"]])
+    config = make_config("unused.csv", [PRICE, SOLD], epochs=1)
+    with pytest.raises(pt.ConfigError, match="vectorize: 'yes' is not one of exact, dropout, off"):
+        fit_stl(config, splits, vectorize="yes")  # type: ignore[arg-type]
 
 
 def test_dropout_mode_stacks_networks_with_dropout_reproducibly() -> None:
