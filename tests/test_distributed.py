@@ -48,13 +48,14 @@ SCRIPT = textwrap.dedent(
         return frame
 
 
-    def config(batch_size):
+    def config(batch_size, architecture="hard_sharing", balancer="fixed"):
         return pt.Config(
             data=pt.DataConfig(train="unused.csv"),
             tasks=[pt.Task(name="y", kind="regression"), pt.Task(name="z", kind="binary")],
-            model=pt.ModelConfig(shared=[8]),
+            model=pt.ModelConfig(architecture=architecture, shared=[8]),
             train=pt.TrainConfig(
-                epochs=3, batch_size=batch_size, lr=0.01, device="cpu", patience=None
+                epochs=3, batch_size=batch_size, lr=0.01, device="cpu", patience=None,
+                balancer=balancer,
             ),
         )
 
@@ -72,6 +73,11 @@ SCRIPT = textwrap.dedent(
     # An even number of rows, no validation: compared with one process in the test.
     even = table(96, 1)
     save(pt.fit(config(8), splits=pt.Splits(even, even.iloc[:0], even.iloc[:0])), "even")
+    # another architecture: mixture gates under DDP's hooks, and under a balancer that writes
+    # .grad itself (averaged by the trainer)
+    no_rest = pt.Splits(even, even.iloc[:0], even.iloc[:0])
+    save(pt.fit(config(8, "mmoe"), splits=no_rest), "even_mmoe")
+    save(pt.fit(config(8, "cross_stitch", "upgrad"), splits=no_rest), "stitch_upgrad")
     # both ranks leave together: a rank tearing down its Gloo sockets while the other still
     # reads the last collective's result aborts that one
     dist.barrier()
@@ -95,7 +101,7 @@ def test_torchrun_trains_one_model_on_two_ranks(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
-    for name in ("odd", "even"):
+    for name in ("odd", "even", "even_mmoe", "stitch_upgrad"):
         rank0 = load_file(tmp_path / f"rank0_{name}.safetensors")
         rank1 = load_file(tmp_path / f"rank1_{name}.safetensors")
         assert rank0.keys() == rank1.keys()
@@ -112,16 +118,17 @@ def test_torchrun_trains_one_model_on_two_ranks(tmp_path: Path) -> None:
     even = pd.DataFrame(x, columns=["a", "b", "c"])
     even["y"] = x[:, 0] - 2 * x[:, 1] + 0.1 * rng.normal(size=96)
     even["z"] = (x[:, 2] > 0).astype(int)
-    config = pt.Config(
-        data=pt.DataConfig(train="unused.csv"),
-        tasks=[pt.Task(name="y", kind="regression"), pt.Task(name="z", kind="binary")],
-        model=pt.ModelConfig(shared=[8]),
-        train=pt.TrainConfig(epochs=3, batch_size=16, lr=0.01, device="cpu", patience=None),
-    )
-    single = pt.fit(config, splits=pt.Splits(even, even.iloc[:0], even.iloc[:0]))
-    distributed = load_file(tmp_path / "rank0_even.safetensors")
-    for key, value in single.model.state_dict().items():
-        torch.testing.assert_close(distributed[key], value, rtol=1e-4, atol=1e-5)
+    for name, architecture in (("even", "hard_sharing"), ("even_mmoe", "mmoe")):
+        config = pt.Config(
+            data=pt.DataConfig(train="unused.csv"),
+            tasks=[pt.Task(name="y", kind="regression"), pt.Task(name="z", kind="binary")],
+            model=pt.ModelConfig(architecture=architecture, shared=[8]),
+            train=pt.TrainConfig(epochs=3, batch_size=16, lr=0.01, device="cpu", patience=None),
+        )
+        single = pt.fit(config, splits=pt.Splits(even, even.iloc[:0], even.iloc[:0]))
+        distributed = load_file(tmp_path / f"rank0_{name}.safetensors")
+        for key, value in single.model.state_dict().items():
+            torch.testing.assert_close(distributed[key], value, rtol=1e-4, atol=1e-5)
 
 
 # ---- balancers, missing labels and collective decisions under DDP ---------------------------
