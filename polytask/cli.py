@@ -306,6 +306,22 @@ def balancers() -> None:
     console.print(table)
 
 
+@app.command()
+def architectures() -> None:
+    """List the model architectures (model.architecture)."""
+    from .models import ARCHITECTURES
+
+    table = Table(title="architectures (model: {architecture: NAME, options: {...}})")
+    for col in ("name", "what", "options"):
+        table.add_column(col)
+    for arch in ARCHITECTURES.values():
+        options = ", ".join(
+            f"{name}={field.default}" for name, field in arch.Options.model_fields.items()
+        )
+        table.add_row(arch.name, arch.description, options or "-")
+    console.print(table)
+
+
 def _version(value: bool) -> None:
     if value:
         from . import __version__

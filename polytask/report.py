@@ -108,7 +108,11 @@ def plot_mixing(
     fig, axes = plt.subplots(1, len(tables), figsize=(min(width, 30.0), height), squeeze=False)
     for ax, (name, table) in zip(axes[0], tables.items(), strict=True):
         values = np.asarray(table["values"], dtype=float)
-        image = ax.imshow(values, cmap="viridis", vmin=min(0.0, values.min()), aspect="auto")
+        if values.min() < 0:  # mixing weights may be negative: a scale centred on 0
+            bound = float(np.abs(values).max())
+            image = ax.imshow(values, cmap="coolwarm", vmin=-bound, vmax=bound, aspect="auto")
+        else:  # gates: shares in [0, 1]
+            image = ax.imshow(values, cmap="viridis", vmin=0.0, aspect="auto")
         ax.set_title(textwrap.fill(name, 32), fontsize=9)
         small = values.size <= 150  # labels and values stay readable
         ax.set_xticks(range(values.shape[1]))
@@ -116,9 +120,12 @@ def plot_mixing(
         ax.set_xticklabels(table["columns"] if small else [], rotation=60, ha="right", fontsize=7)
         ax.set_yticklabels(table["rows"] if small else [], fontsize=7)
         if small:
-            threshold = values.min() + 0.6 * (values.max() - values.min())
+            low, high = image.get_clim()
             for (i, j), v in np.ndenumerate(values):
-                colour = "black" if v > threshold else "white"
+                if values.min() < 0:
+                    colour = "white" if abs(v) > 0.6 * high else "black"
+                else:
+                    colour = "black" if v > low + 0.6 * (high - low) else "white"
                 ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color=colour)
         fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     fig.suptitle(f"{architecture} routing weights" if architecture else "routing weights")

@@ -96,6 +96,7 @@ def test_compare_writes_the_comparison(project: Path) -> None:
 def test_listing_commands() -> None:
     assert "fixed" in _invoke("balancers")
     assert "yeast" in _invoke("datasets")
+    assert "n_experts=4" in _invoke("architectures")
 
 
 def test_a_bad_config_is_one_error_line_and_exit_status_2(project: Path) -> None:
