@@ -213,10 +213,10 @@ def _member(config: Config, splits: Splits) -> _Member:
 class _Rows:
     """The encoded rows of several members, padded to one length: ``(M, n, …)`` tensors.
 
-    ``take(index, valid)`` gathers each member's rows ``index[m]`` (``(M, B)``; ``valid`` False
-    marks padding) in a few indexing operations and returns the inputs ``(M, B, …)`` and the
-    targets and masks as ``Columns`` with one column per member, the layout ``TaskLosses``
-    reads a batch of T tasks in (padding is masked out).
+    ``take(index, valid)`` gathers the rows ``index[m]`` of each of the first ``k`` members
+    (``(k, B)``; ``valid`` False marks padding) in a few indexing operations and returns the
+    inputs ``(k, B, …)`` and the targets and masks as ``Columns`` with one column per member,
+    the layout ``TaskLosses`` reads a batch of T tasks in (padding is masked out).
     """
 
     def __init__(self, names: Sequence[str], data: Sequence[TaskData], device: torch.device):
@@ -262,9 +262,17 @@ class _Rows:
         self._selections: tuple[dict, dict] = ({}, {})
 
     def _positions(self, members: list[int], device: torch.device) -> tuple[Tensor, Tensor]:
-        """Members' positions and the offsets of their rows in a flattened ``(len, n)`` block."""
+        """Members' positions (ascending) and the offsets of their rows in a flattened
+        ``(len, n)`` block."""
         index = torch.tensor(members, dtype=torch.long, device=device)
         return index, (torch.arange(len(members), device=device) * self.n)[:, None]
+
+    @staticmethod
+    def _first(positions: tuple[Tensor, Tensor], k: int) -> tuple[Tensor, Tensor]:
+        """A block's positions and offsets among the first ``k`` members (a prefix of both)."""
+        index, offsets = positions
+        j = int(torch.searchsorted(index, k))
+        return index[:j], offsets[:j]
 
     def label_counts(self, masks: Columns) -> Tensor:
         """Each member's labelled entries in ``masks`` (as ``take`` made them), ``(M,)``."""
@@ -276,33 +284,35 @@ class _Rows:
         return counts
 
     def take(self, index: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Columns, Columns]:
-        m, b = index.shape
-        flat = (index + self.offsets).view(-1)
+        k, b = index.shape
+        flat = (index + self.offsets[:k]).view(-1)
         x_num, x_cat = (
-            x.view(m * self.n, x.shape[-1]).index_select(0, flat).view(m, b, x.shape[-1])
+            x.view(x.shape[0] * self.n, x.shape[-1]).index_select(0, flat).view(k, b, x.shape[-1])
             for x in (self.x_num, self.x_cat)
         )
-        blocks = [block.take(index[pos] + off).t() for (pos, off), block in self.target_blocks]
-        mask_blocks = [
-            (block.take(index[pos] + off) & valid[pos]).t()
-            for (pos, off), block in self.mask_blocks
-        ]
-        rest_targets = {self.names[k]: t[index[k]] for k, (t, _) in self.rest.items()}
-        rest_masks = {
-            self.names[k]: mk[index[k]] & valid[k, :, None] for k, (_, mk) in self.rest.items()
-        }
-        targets = Columns(
-            blocks, self.target_columns, rest_targets, self.names, self._selections[0]
-        )
-        masks = Columns(mask_blocks, self.mask_columns, rest_masks, self.names, self._selections[1])
+        blocks = []
+        for positions, block in self.target_blocks:
+            pos, off = self._first(positions, k)
+            blocks.append(block.take(index[pos] + off).t())
+        mask_blocks = []
+        for positions, block in self.mask_blocks:
+            pos, off = self._first(positions, k)
+            mask_blocks.append((block.take(index[pos] + off) & valid[pos]).t())
+        rest = [m for m in self.rest if m < k]
+        rest_targets = {self.names[m]: self.rest[m][0][index[m]] for m in rest}
+        rest_masks = {self.names[m]: self.rest[m][1][index[m]] & valid[m, :, None] for m in rest}
+        names = self.names[:k]
+        targets = Columns(blocks, self.target_columns, rest_targets, names, self._selections[0])
+        masks = Columns(mask_blocks, self.mask_columns, rest_masks, names, self._selections[1])
         return x_num, x_cat, targets, masks
 
 
 class _StackedOptimizer:
     """``torch.optim``'s Adam, AdamW or SGD (their single-tensor update, the one used on the
     CPU) applied to stacked parameters as M independent optimizers: each member has its own
-    step count and learning rate, and a member outside ``active`` is left exactly as it is
-    (no step, no decay of its moments), as if its own optimizer had not been called."""
+    step count and learning rate, and ``step(params, k)`` updates the first ``k`` members only:
+    the others are left exactly as they are (no step, no decay of their moments), as if their
+    own optimizers had not been called."""
 
     def __init__(self, params: list[Tensor], config: TrainConfig, lrs: Tensor) -> None:
         self.kind = config.optimizer
@@ -327,46 +337,39 @@ class _StackedOptimizer:
         self.steps, self.lrs = self.steps[cpu], self.lrs[cpu]
 
     @torch.no_grad()
-    def step(self, params: list[Tensor], active: Tensor | None) -> None:
-        """One update of the members in ``active`` (a ``(M,)`` bool CPU tensor; None: all)."""
-        frozen = None if active is None else torch.nonzero(~active).view(-1)
-        if frozen is not None:
-            device = params[0].device
-            frozen = frozen.to(device)
-            saved = [(p[frozen].clone(), [s[frozen].clone() for s in st])
-                     for p, st in zip(params, self.state, strict=True)]  # fmt: skip
-        self.steps += 1 if active is None else active.to(torch.float64)
+    def step(self, params: list[Tensor], k: int) -> None:
+        """One update of the first ``k`` members, from the gradients in ``.grad``."""
+        self.steps[:k] += 1
+        views = [
+            (p[:k], p.grad[:k], [s[:k] for s in slots])
+            for p, slots in zip(params, self.state, strict=True)
+        ]
         if self.kind == "sgd":
-            self._sgd(params)
+            self._sgd(views, self.lrs[:k])
         else:
-            self._adam(params)
-        if frozen is not None:
-            for p, st, (p_old, s_old) in zip(params, self.state, saved, strict=True):
-                p[frozen] = p_old
-                for s, old in zip(st, s_old, strict=True):
-                    s[frozen] = old
+            self._adam(views, self.lrs[:k], self.steps[:k])
 
     def _per_member(self, values: Tensor, like: Tensor) -> Tensor:
         """A ``(M,)`` float64 CPU vector as a float tensor broadcasting over ``like``'s rows."""
         return values.to(like.dtype).to(like.device).view(-1, *([1] * (like.dim() - 1)))
 
-    def _sgd(self, params: list[Tensor]) -> None:
-        for p, (buf,) in zip(params, self.state, strict=True):
-            grad = p.grad
+    def _sgd(self, views: list[tuple[Tensor, Tensor, list[Tensor]]], lrs: Tensor) -> None:
+        for p, grad, (buf,) in views:
             if self.weight_decay:
                 grad = grad.add(p, alpha=self.weight_decay)
             if self.momentum:
                 # the buffer starts at 0, so its first update is the gradient itself, as torch's
                 grad = buf.mul_(self.momentum).add_(grad)
-            p.add_(self._per_member(-self.lrs, p) * grad)
+            p.add_(self._per_member(-lrs, p) * grad)
 
-    def _adam(self, params: list[Tensor]) -> None:
+    def _adam(
+        self, views: list[tuple[Tensor, Tensor, list[Tensor]]], lrs: Tensor, steps: Tensor
+    ) -> None:
         beta1, beta2 = self.betas
-        step_size = self.lrs / (1 - beta1**self.steps)
-        correction2 = (1 - beta2**self.steps) ** 0.5
-        decay = 1 - self.lrs * self.weight_decay
-        for p, (exp_avg, exp_avg_sq) in zip(params, self.state, strict=True):
-            grad = p.grad
+        step_size = lrs / (1 - beta1**steps)
+        correction2 = (1 - beta2**steps) ** 0.5
+        decay = 1 - lrs * self.weight_decay
+        for p, grad, (exp_avg, exp_avg_sq) in views:
             if self.weight_decay:
                 if self.kind == "adamw":
                     p.mul_(self._per_member(decay, p))
@@ -401,7 +404,10 @@ class _Ensemble:
 
     def __init__(self, members: list[_Member], train: TrainConfig, *, dropout: bool) -> None:
         self.created = time.perf_counter()  # stacking counts as training time
-        self.members = members
+        # Most rows first: the members that still have a batch at a step are then a prefix of
+        # the stack, which the step slices instead of computing (and masking) all of them.
+        self.members = sorted(members, key=lambda m: -len(m.data["train"]))
+        members = self.members
         self.config = train
         self.device = resolve_device(train.device)
         models = [m.model for m in members]
@@ -437,11 +443,6 @@ class _Ensemble:
         members = [self.members[i] for i in self.live]
         names = [m.task.name for m in members]
         self.train_rows = _Rows(names, [m.data["train"] for m in members], self.device)
-        self.losses = TaskLosses(
-            [m.task for m in members],
-            names,
-            {m.task.name: m.preprocessor.output_dims()[m.task.name] for m in members},
-        )
         self.validated = [k for k, m in enumerate(members) if "validation" in m.data]
         self.val_rows = (
             _Rows(
@@ -452,18 +453,16 @@ class _Ensemble:
             if self.validated
             else None
         )
-        val_members = [members[k] for k in self.validated]
-        self.val_losses = TaskLosses(
-            [m.task for m in val_members],
-            [m.task.name for m in val_members],
-            {m.task.name: m.preprocessor.output_dims()[m.task.name] for m in val_members},
-        )
+        self.val_losses = _task_losses([members[k] for k in self.validated])
         self.live_alphas = self.alphas[torch.tensor(self.live, device=self.device)]
         self.steps_per_epoch = (self.train_rows.lengths + self.config.batch_size - 1) // (
             self.config.batch_size
         )
         lengths = self.train_rows.lengths
         self.by_length = {int(n): torch.nonzero(lengths == n).view(-1) for n in lengths.unique()}
+        steps = self.steps_per_epoch
+        self.batch_members = [int((steps > s).sum()) for s in range(int(steps.max()))]
+        self._prefix_losses: dict[int, TaskLosses] = {}
 
     def _keep(self, positions: list[int]) -> None:
         index = torch.tensor(positions, dtype=torch.long)
@@ -497,29 +496,39 @@ class _Ensemble:
         self.base.train()
         orders = self._orders()
         loss_sum = torch.zeros(len(self.live), device=self.device)
-        for step in range(int(self.steps_per_epoch.max())):
-            index = orders[:, step * cfg.batch_size : (step + 1) * cfg.batch_size]
+        for step, k in enumerate(self.batch_members):  # k: the members with a batch left
+            index = orders[:k, step * cfg.batch_size : (step + 1) * cfg.batch_size]
             valid = index >= 0
-            active = self.steps_per_epoch > step
             x_num, x_cat, targets, masks = self.train_rows.take(index.clamp_min(0), valid)
-            packed = self.forward(self.params, self.buffers, x_num, x_cat)  # (M, B, 1, o)
-            losses = self.losses(packed[:, :, 0].transpose(0, 1).float(), targets, masks)
-            (losses.vector * self.live_alphas).sum().backward()
+            params = [p[:k] for p in self.params]
+            buffers = {name: b[:k] for name, b in self.buffers.items()}
+            packed = self.forward(params, buffers, x_num, x_cat)  # (k, B, 1, o)
+            losses = self._losses(k)(packed[:, :, 0].transpose(0, 1).float(), targets, masks)
+            (losses.vector * self.live_alphas[:k]).sum().backward()
             if cfg.grad_clip is not None:
-                self._clip(cfg.grad_clip)
-            self.optimizer.step(self.params, None if bool(active.all()) else active)
+                self._clip(cfg.grad_clip, k)
+            self.optimizer.step(self.params, k)
             for p in self.params:
                 p.grad = None
-            loss_sum += losses.vector.detach()  # a member without a batch adds 0
+            loss_sum[:k] += losses.vector.detach()
         return loss_sum.cpu() / self.steps_per_epoch
 
-    def _clip(self, max_norm: float) -> None:
-        """``clip_grad_norm_`` of each member's gradients, by the norm over all its parameters."""
-        norms = torch.stack([p.grad.flatten(1).norm(dim=1) for p in self.params])
+    def _losses(self, k: int) -> TaskLosses:
+        """The losses of the first ``k`` live members."""
+        losses = self._prefix_losses.get(k)
+        if losses is None:
+            members = [self.members[i] for i in self.live[:k]]
+            losses = self._prefix_losses[k] = _task_losses(members)
+        return losses
+
+    def _clip(self, max_norm: float, k: int) -> None:
+        """``clip_grad_norm_`` of the first ``k`` members' gradients, each by the norm over all
+        its parameters."""
+        norms = torch.stack([p.grad[:k].flatten(1).norm(dim=1) for p in self.params])
         total = norms.norm(dim=0)
         scale = (max_norm / (total + 1e-6)).clamp(max=1.0)
         for p in self.params:
-            p.grad.mul_(scale.view(-1, *([1] * (p.dim() - 1))))
+            p.grad[:k].mul_(scale.view(-1, *([1] * (p.dim() - 1))))
 
     @torch.no_grad()
     def _validation(self, chunk: int) -> Tensor:
@@ -663,6 +672,15 @@ class _Ensemble:
             **{name: run.score(data) for name, data in member.data.items() if name != "train"},
         }
         return run
+
+
+def _task_losses(members: Sequence[_Member]) -> TaskLosses:
+    """The members' losses as one batch of tasks: one column of the packed outputs each."""
+    return TaskLosses(
+        [m.task for m in members],
+        [m.task.name for m in members],
+        {m.task.name: m.preprocessor.output_dims()[m.task.name] for m in members},
+    )
 
 
 def _schedule(train: TrainConfig) -> tuple[torch.optim.Optimizer, object | None]:

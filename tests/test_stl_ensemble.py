@@ -132,8 +132,9 @@ def test_members_are_grouped_by_shape_across_kinds() -> None:
 
 def test_members_without_validation_rows_keep_their_last_weights() -> None:
     frame = _frame(160, seed=2, missing={"price": 0.2, "sold": 0.4})
-    train = frame[FEATURES + ["price", "sold"]].iloc[:120]
-    test = frame[FEATURES + ["price", "sold"]].iloc[120:].reset_index(drop=True)
+    numeric = FEATURES[:4] + ["price", "sold"]  # and no categorical input
+    train = frame[numeric].iloc[:120]
+    test = frame[numeric].iloc[120:].reset_index(drop=True)
     splits = pt.Splits(train, train.iloc[:0], test)
     config = make_config("unused.csv", [PRICE, SOLD], epochs=3, patience=1)
     separate = fit_stl(config, splits, vectorize="off")
