@@ -38,6 +38,7 @@ BALANCERS_TESTS = ("tests/test_balancers.py",)
 LOSSES_TESTS = ("tests/test_losses.py",)
 SETTINGS_TESTS = ("tests/test_train_settings.py",)
 SELECT_TESTS = ("tests/test_select.py", "tests/test_train.py")
+ARCHITECTURE_TESTS = ("tests/test_architectures.py",)
 
 
 @dataclass(frozen=True)
@@ -277,6 +278,83 @@ def finetune_tasks(trainer, starts, train, validation):
     return states, {name: {"epochs": 0, "best_epoch": 0} for name in states}
 """,
         SELECT_TESTS,
+    ),
+    Mutant(
+        "gates not softmax",
+        "mixture gates are independent sigmoids, not distributions over the experts",
+        "polytask/models/mixtures.py",
+        """
+_Gates.forward = lambda self, h: torch.sigmoid(stacked_linear(h, self.weight, self.bias))
+""",
+        ARCHITECTURE_TESTS,
+    ),
+    Mutant(
+        "aggregators skip 'other'",
+        "aggregators write the Jacobian's direction to the shared group only, not to 'other'",
+        "polytask/balancing/aggregation.py",
+        """
+_mutant_split = MultiTaskModel.split_parameters
+
+
+def _mutant_shared_only(self):
+    specific, joint = _mutant_split(self)
+    shared = {id(p) for p in self.parameter_groups().shared}
+    return specific, [p for p in joint if id(p) in shared]
+
+
+MultiTaskModel.split_parameters = _mutant_shared_only
+""",
+        ARCHITECTURE_TESTS,
+    ),
+    Mutant(
+        "z misses the gates' input",
+        "MMoE's representation leaves out the embeddings the gates read",
+        "polytask/models/mixtures.py",
+        """
+_mutant_mmoe_init = MMoE.__init__
+
+
+def _mutant_mmoe(self, **kwargs):
+    _mutant_mmoe_init(self, **kwargs)
+    self._input_in_z = False
+
+
+MMoE.__init__ = _mutant_mmoe
+""",
+        ARCHITECTURE_TESTS,
+    ),
+    Mutant(
+        "stitches ignored",
+        "cross-stitch columns run side by side, the mixing weights unused",
+        "polytask/models/columns.py",
+        """
+def _mutant_columns(self, x_num, x_cat=None):
+    h = self.columns(self.encoder(x_num, x_cat))
+    z = h.flatten(1)
+    return self.heads(z.view(h.shape)), z
+
+
+CrossStitch.outputs_and_features = _mutant_columns
+""",
+        ARCHITECTURE_TESTS,
+    ),
+    Mutant(
+        "soft-sharing penalty skipped",
+        "the soft-sharing penalty's gradient is never added",
+        "polytask/models/columns.py",
+        """
+SoftSharing.add_penalty_gradient = lambda self: None
+""",
+        ARCHITECTURE_TESTS,
+    ),
+    Mutant(
+        "groups unchecked",
+        "the trainer accepts a model whose parameter groups miss or repeat a parameter",
+        "polytask/train.py",
+        """
+check_parameter_groups = lambda model: None
+""",
+        ARCHITECTURE_TESTS,
     ),
 ]
 

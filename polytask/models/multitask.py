@@ -157,7 +157,7 @@ def check_parameter_groups(model: MultiTaskModel) -> None:
     except NotImplementedError as exc:
         raise ConfigError(f"the model cannot be trained: {exc}") from None
     names = {id(p): name for name, p in model.named_parameters()}
-    counts = {id(p): torch.zeros_like(p, dtype=torch.int32) for p in model.parameters()}
+    counts = {id(p): torch.zeros_like(p, dtype=torch.int8) for p in model.parameters()}
     entries = [*groups.shared, *groups.other, *(t for g in groups.tasks.values() for t in g)]
     for t in entries:
         base = t if t._base is None else t._base
