@@ -113,7 +113,7 @@ class Heads(nn.Module):
             order = torch.tensor([stacked.index(n) for n in self.names])
             self.register_buffer("_order", order, persistent=False)
         # runs saved before heads were grouped hold one TaskHeads' weights under "heads."
-        self._register_load_state_dict_pre_hook(_ungrouped_keys)
+        self.register_load_state_dict_pre_hook(_ungrouped_keys)
 
     def forward(self, h: Tensor) -> Tensor:
         if len(self.groups) == 1:
@@ -140,7 +140,7 @@ class Heads(nn.Module):
         return None
 
 
-def _ungrouped_keys(state: dict[str, Any], prefix: str, *args: Any) -> None:
+def _ungrouped_keys(module: nn.Module, state: dict[str, Any], prefix: str, *args: Any) -> None:
     for kind in ("weights", "biases"):
         for key in [k for k in state if k.startswith(f"{prefix}{kind}.")]:
             state[f"{prefix}groups.0.{key.removeprefix(prefix)}"] = state.pop(key)
