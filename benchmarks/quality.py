@@ -466,9 +466,9 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_doc(path: Path, text: str) -> None:
-    """Replace the generated block of docs/benchmarks.md (between the quality markers)."""
-    begin, end = "<!-- quality:begin -->", "<!-- quality:end -->"
+def write_doc(path: Path, text: str, *, block: str = "quality") -> None:
+    """Replace a generated block of docs/benchmarks.md (between its ``block`` markers)."""
+    begin, end = f"<!-- {block}:begin -->", f"<!-- {block}:end -->"
     doc = path.read_text() if path.is_file() else f"# Benchmarks\n\n{begin}\n{end}\n"
     if begin not in doc:
         doc += f"\n{begin}\n{end}\n"
