@@ -282,6 +282,65 @@ def _comparison_title(result: Mapping[str, Any], width: float) -> str:
     return "\n".join(textwrap.fill(line, chars) for line in lines)
 
 
+def plot_relatedness(
+    values: np.ndarray,
+    tasks: Sequence[str],
+    path: Path,
+    *,
+    linkage: np.ndarray,
+    title: str,
+    signed: bool = True,
+) -> Path:
+    """A task × task heatmap (row i, column j), rows and columns in the leaf order of the
+    hierarchical clustering ``linkage`` (scipy's format), with its dendrogram on the left."""
+    from scipy.cluster.hierarchy import dendrogram
+
+    plt = _pyplot()
+    values = np.asarray(values, dtype=float)
+    n = len(tasks)
+    size = min(3.0 + 0.45 * n, 16.0)
+    fig = plt.figure(figsize=(size + 2.0, size))
+    tree_ax = fig.add_axes((0.02, 0.22, 0.14, 0.66))
+    ax = fig.add_axes((0.17, 0.22, 0.58, 0.66))
+    bar_ax = fig.add_axes((0.87, 0.22, 0.02, 0.66))
+    if n > 1 and len(linkage):
+        tree = dendrogram(linkage, ax=tree_ax, orientation="left", no_labels=True,
+                          color_threshold=0, above_threshold_color="dimgrey")
+        order = list(reversed(tree["leaves"]))  # the dendrogram draws its first leaf lowest
+    else:
+        order = list(range(n))
+    tree_ax.axis("off")
+    shown = values[np.ix_(order, order)]
+    # the scale is set by the off-diagonal entries (a self-affinity would wash them out)
+    off = shown[~np.eye(n, dtype=bool)] if n > 1 else shown.ravel()
+    finite = off[np.isfinite(off)]
+    bound = float(np.abs(finite).max()) if finite.size else 1.0
+    bound = bound if bound > 0 else 1.0
+    low = -bound if signed else 0.0
+    image = ax.imshow(shown, cmap="coolwarm_r" if "Δ%" in title else "coolwarm",
+                      vmin=low, vmax=bound, aspect="auto")
+    names = [tasks[i] for i in order]
+    ax.set_xticks(range(n))
+    ax.set_yticks(range(n))
+    ax.set_xticklabels(names, rotation=60, ha="right", fontsize=8)
+    ax.set_yticklabels(names, fontsize=8)
+    ax.yaxis.tick_right()
+    ax.set_xlabel("task j", fontsize=8)
+    if n <= 16:
+        for (i, j), v in np.ndenumerate(shown):
+            if math.isfinite(v):
+                colour = "white" if abs(v) > 0.6 * bound else "black"
+                digits = 1 if abs(v) >= 10 else 2 if abs(v) >= 0.01 else 4
+                ax.text(j, i, f"{v:.{digits}f}", ha="center", va="center", fontsize=6,
+                        color=colour)
+    fig.colorbar(image, cax=bar_ax).ax.tick_params(labelsize=7)
+    fig.suptitle(textwrap.fill(title, 90), fontsize=9)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def plot_comparison(result: Mapping[str, Any], path: Path) -> Path:
     """Per-task primary metric, STL vs MTL bars with ± std over seeds, one panel per metric
     (and per scale); each pair is labelled with its relative change (the sign of Δm)."""
