@@ -583,9 +583,9 @@ def transfer_matrix(config: Config, splits: Splits, tasks: Sequence[Task]) -> np
         return config.model_copy(update={"tasks": chosen, "data": data, "train": train})
 
     def score(run: Any, task: Task) -> float:
-        return float(run.metrics.get("validation", {}).get(task.name, {}).get(
-            task.primary_metric, math.nan
-        ))
+        return float(
+            run.metrics.get("validation", {}).get(task.name, {}).get(task.primary_metric, math.nan)
+        )
 
     alone = fit_stl(with_tasks(as_main), splits)
     stl = {t.name: score(alone[t.name], t) for t in as_main}

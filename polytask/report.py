@@ -304,8 +304,14 @@ def plot_relatedness(
     ax = fig.add_axes((0.17, 0.22, 0.58, 0.66))
     bar_ax = fig.add_axes((0.87, 0.22, 0.02, 0.66))
     if n > 1 and len(linkage):
-        tree = dendrogram(linkage, ax=tree_ax, orientation="left", no_labels=True,
-                          color_threshold=0, above_threshold_color="dimgrey")
+        tree = dendrogram(
+            linkage,
+            ax=tree_ax,
+            orientation="left",
+            no_labels=True,
+            color_threshold=0,
+            above_threshold_color="dimgrey",
+        )
         order = list(reversed(tree["leaves"]))  # the dendrogram draws its first leaf lowest
     else:
         order = list(range(n))
@@ -317,8 +323,13 @@ def plot_relatedness(
     bound = float(np.abs(finite).max()) if finite.size else 1.0
     bound = bound if bound > 0 else 1.0
     low = -bound if signed else 0.0
-    image = ax.imshow(shown, cmap="coolwarm_r" if "Δ%" in title else "coolwarm",
-                      vmin=low, vmax=bound, aspect="auto")
+    image = ax.imshow(
+        shown,
+        cmap="coolwarm_r" if "Δ%" in title else "coolwarm",
+        vmin=low,
+        vmax=bound,
+        aspect="auto",
+    )
     names = [tasks[i] for i in order]
     ax.set_xticks(range(n))
     ax.set_yticks(range(n))
@@ -331,8 +342,7 @@ def plot_relatedness(
             if math.isfinite(v):
                 colour = "white" if abs(v) > 0.6 * bound else "black"
                 digits = 1 if abs(v) >= 10 else 2 if abs(v) >= 0.01 else 4
-                ax.text(j, i, f"{v:.{digits}f}", ha="center", va="center", fontsize=6,
-                        color=colour)
+                ax.text(j, i, f"{v:.{digits}f}", ha="center", va="center", fontsize=6, color=colour)
     fig.colorbar(image, cax=bar_ax).ax.tick_params(labelsize=7)
     fig.suptitle(textwrap.fill(title, 90), fontsize=9)
     path.parent.mkdir(parents=True, exist_ok=True)
