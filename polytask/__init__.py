@@ -29,6 +29,7 @@ from .config import (
 from .data import Preprocessor, Splits, TaskData, read_table, split_indices
 from .datasets import DATASETS, load_dataset
 from .errors import ConfigError, DataError, PolytaskError, PolytaskWarning, RunError
+from .grouping import validate_groups
 from .io import Run, load
 from .models import ARCHITECTURES, MLP, MultiTaskModel, build_model
 from .tasks import KINDS, Task
@@ -73,4 +74,5 @@ __all__ = [
     "register_balancer",
     "signals",
     "split_indices",
+    "validate_groups",
 ]

@@ -51,11 +51,15 @@ def stl_config(config: Config, task: Task, features: list[str]) -> Config:
     ``features`` pins the MTL model's inputs, so the other tasks' label columns never become
     inputs of the baseline. ``train.select`` and ``train.finetune`` are reset: a single-task
     network already stops on its own task, so every MTL variant meets the same baseline.
+    ``model.groups`` is dropped: one task has one trunk.
     """
     data = config.data.model_copy(update={"features": features})
     single = task.model_copy(update={"role": "main"})
     train = config.train.model_copy(update={"select": "joint", "finetune": None})
-    return config.model_copy(update={"tasks": [single], "data": data, "train": train})
+    model = config.model.model_copy(update={"groups": None})
+    return config.model_copy(
+        update={"tasks": [single], "data": data, "train": train, "model": model}
+    )
 
 
 def feature_columns(config: Config, splits: Splits) -> list[str]:

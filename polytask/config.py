@@ -98,7 +98,9 @@ class ModelConfig(_Section):
     network (whichever the architecture has); ``head``: every task head's hidden widths
     (``tasks[].head`` overrides it per task); ``options``: the architecture's own (see
     docs/architectures.md); ``linear_path``: hard_sharing adds a linear map of the encoded
-    inputs to every head's output (wide and deep).
+    inputs to every head's output (wide and deep); ``groups``: hard_sharing with one trunk
+    per group of tasks (``[[a, b], [c]]``; every main task in exactly one group, an auxiliary
+    task left out attaches to every group; see docs/architectures.md).
     """
 
     _section: ClassVar[str] = "model"
@@ -112,6 +114,7 @@ class ModelConfig(_Section):
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     norm: Literal["none", "batch", "layer"] = "none"
     embedding_dim: PositiveInt | None = None
+    groups: list[list[str]] | None = None
 
     @field_validator("architecture")
     @classmethod
@@ -140,6 +143,23 @@ class ModelConfig(_Section):
             raise ValueError(
                 f"linear_path: only hard_sharing has a linear path, not {self.architecture!r}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _groups_of_hard_sharing(self) -> ModelConfig:
+        from .models.grouped import group_problems
+
+        if self.groups is None:
+            return self
+        if self.architecture != "hard_sharing":
+            raise ValueError(
+                f"groups: task groups are an option of hard_sharing, not {self.architecture!r}"
+            )
+        if self.linear_path:
+            raise ValueError("groups: task groups cannot be combined with linear_path")
+        problems = group_problems(self.groups)
+        if problems:
+            raise ValueError("; ".join(p.removeprefix("model.") for p in problems))
         return self
 
     @field_validator("activation")
@@ -384,6 +404,28 @@ class Config(_Section):
                         "signals.represent"
                     )
                 owner[column] = task.name
+        return self
+
+    @model_validator(mode="after")
+    def _groups_name_the_tasks(self) -> Config:
+        from .models.grouped import group_problems
+
+        if self.model.groups is None:
+            return self
+        if self.signals is not None and self.signals.horizons is not None:
+            raise ValueError(
+                "model.groups: signals.horizons makes the tasks when the data is read; task "
+                "groups cannot name them"
+            )
+        tasks = self.tasks
+        if tasks is None and self.data.dataset is not None:
+            from .datasets import load_dataset
+
+            tasks = load_dataset(self.data.dataset).tasks
+        if tasks is not None:  # tasks made by signals are auxiliary: they attach to every group
+            problems = group_problems(self.model.groups, {t.name: t.is_main for t in tasks})
+            if problems:
+                raise ValueError("; ".join(problems))
         return self
 
     @model_validator(mode="after")

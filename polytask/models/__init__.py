@@ -14,6 +14,7 @@ from torch import nn
 
 from ..errors import ConfigError, one_of
 from .columns import CrossStitch, SoftSharing
+from .grouped import GroupedHardSharing
 from .hard_sharing import HardSharing
 from .heads import Heads, TaskHeads
 from .layers import MLP, ParallelMLP, TabularInput
@@ -104,8 +105,13 @@ def _no_trunk(spec: ModelConfig, inputs: Inputs) -> None:
         )
 
 
-@register_architecture("hard_sharing", "one shared MLP trunk, one MLP head per task")
+@register_architecture(
+    "hard_sharing",
+    "one shared MLP trunk, one MLP head per task (model.groups: one trunk per group of tasks)",
+)
 def build_hard_sharing(spec: ModelConfig, options: BaseModel, inputs: Inputs) -> MultiTaskModel:
+    if spec.groups is not None:
+        return _grouped(spec, inputs)
     encoder = _encoder(spec, inputs)
     trunk = inputs.trunk
     if trunk is not None and not isinstance(trunk, nn.Module):
@@ -121,6 +127,23 @@ def build_hard_sharing(spec: ModelConfig, options: BaseModel, inputs: Inputs) ->
         activation_name=spec.activation,
         head_dropout=spec.dropout,
         linear_path=spec.linear_path,
+    )
+
+
+def _grouped(spec: ModelConfig, inputs: Inputs) -> MultiTaskModel:
+    """``model.groups``: one encoder and trunk per group of tasks (see ``models.grouped``)."""
+    if inputs.trunk is not None:
+        raise ConfigError("model.groups: a custom trunk cannot be combined with task groups")
+    assert spec.groups is not None
+    return GroupedHardSharing(
+        n_numeric=inputs.n_numeric,
+        cardinalities=inputs.cardinalities,
+        embedding_dim=spec.embedding_dim,
+        trunk=spec.shared,
+        groups=spec.groups,
+        out_dims=inputs.out_dims,
+        heads=inputs.heads,
+        **_layers(spec),
     )
 
 
@@ -258,6 +281,7 @@ __all__ = [
     "MLP",
     "Architecture",
     "CrossStitch",
+    "GroupedHardSharing",
     "HardSharing",
     "Heads",
     "MMoE",
