@@ -31,6 +31,7 @@ import argparse
 import fcntl
 import json
 import math
+import os
 import platform
 import sys
 import time
@@ -324,11 +325,14 @@ def markdown(result: dict[str, Any]) -> str:
 def _merge(out: Path, name: str, entry: dict[str, Any]) -> dict[str, Any]:
     """Add one data set to the JSON at ``out`` (locked: data sets may run in parallel)."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    folder = os.open(out.parent, os.O_RDONLY)  # the lock: no stray lock file
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
         result = json.loads(out.read_text()) if out.is_file() else {"datasets": {}}
         result["datasets"][name] = entry
         out.write_text(json.dumps(result, indent=2, default=float) + "\n")
+    finally:
+        os.close(folder)
     return result
 
 
