@@ -258,6 +258,72 @@ def compare(
 
 
 @app.command()
+def relate(
+    config: Path = typer.Argument(..., metavar="CONFIG", help="YAML config file."),
+    out: Path = typer.Option(..., "--out", "-o", help="Directory for relatedness.json and plots."),
+    seeds: int = typer.Option(1, min=1, help="Number of seeds (train.seed, train.seed+1, ...)."),
+    measure: list[str] = typer.Option(
+        None,
+        "--measure",
+        "-m",
+        help="gradient, lookahead, hidden or transfer (repeat; default: the first three; "
+        "the first one given makes the groups).",
+    ),
+    groups: int = typer.Option(None, "--groups", min=1, help="Number of groups (default: chosen)."),
+    every: int = typer.Option(10, min=1, help="Record gradient/lookahead every N steps."),
+    quiet: bool = QUIET,
+) -> None:
+    """Which tasks help each other: train as `fit` would, measure relatedness, suggest groups."""
+    from .config import load_config
+    from .relate import DEFAULT_MEASURES
+    from .relate import relate as relate_tasks
+
+    cfg = load_config(config)
+    measures = list(measure) if measure else list(DEFAULT_MEASURES)
+    grouping = "gradient" if not measure and "gradient" in measures else measures[0]
+    with console.status("training and measuring", spinner="dots") if not quiet else _Null():
+        result = relate_tasks(
+            cfg,
+            seeds=seeds,
+            measures=measures,
+            groups=groups,
+            out=out,
+            every=every,
+            grouping_measure=grouping,
+        )
+    _print_relatedness(result)
+    console.print(f"written: {out / 'relatedness.json'} and one relatedness_MEASURE.png each")
+
+
+def _print_relatedness(result: Any) -> None:
+    measure = result.settings["grouping_measure"]
+    helpers = result.helpers(measure)
+    affinity = result.affinity(measure)
+    index = {n: i for i, n in enumerate(result.tasks)}
+    table = Table(
+        title=f"strongest helpers by {measure} (normalized affinity, row task → this task)",
+        caption=f"{len(result.settings['seeds'])} seed(s); affinity in [-1, 1], 1 = same task",
+    )
+    for col in ("task", "role", "helped most by", "group"):
+        table.add_column(col)
+    main = set(result.main)
+    for name in result.tasks:
+        found = ", ".join(f"{h} {affinity[index[h], index[name]]:+.2f}" for h in helpers[name])
+        group = next(
+            (f"{g + 1}" for g, members in enumerate(result.groups) if name in members), "none"
+        )
+        table.add_row(name, "main" if name in main else "auxiliary", found or "—", group)
+    console.print(table)
+    for g, members in enumerate(result.groups):
+        console.print(f"group {g + 1}: {escape(', '.join(members))}")
+    alone = result.alone()
+    console.print(
+        "train alone: "
+        + (escape(", ".join(alone)) if alone else "none (every main task has a group)")
+    )
+
+
+@app.command()
 def demo(
     seeds: int = typer.Option(3, min=1, help="Number of seeds."),
     out: Path = typer.Option(

@@ -88,8 +88,7 @@ class Relatedness:
 
     def alone(self) -> list[str]:
         """The main tasks the grouping trains alone (singleton groups)."""
-        main = set(self.main)
-        return [g[0] for g in self.groups if len([t for t in g if t in main]) == 1 and len(g) == 1]
+        return [g[0] for g in self.groups if len(g) == 1]
 
     def to_json(self) -> dict[str, Any]:
         return {
