@@ -286,7 +286,7 @@ def test_compare_runs_with_groups(tmp_path: Path) -> None:
         ({"groups": [["a", "b"]], "architecture": "mmoe"}, r"option of hard_sharing, not 'mmoe'"),
         ({"groups": [["a", "b"]], "linear_path": True}, r"cannot be combined with linear_path"),
         ({"groups": [["a", "typo"], ["b"]]}, r"groups\[0\]: 'typo' is not a task"),
-        ({"groups": [["a", "x"]]}, r"model.groups: main tasks \['b'\] are in no group"),
+        ({"groups": [["a", "x"]]}, r"model.groups: main tasks b are in no group"),
     ],
 )  # fmt: skip
 def test_groups_are_checked_when_the_config_is_read(model, message) -> None:
@@ -316,6 +316,11 @@ def test_auxiliary_tasks_may_be_listed_or_left_out() -> None:
         assert config.model.groups == groups
 
 
+def test_groups_name_a_data_sets_tasks() -> None:
+    with pytest.raises(pt.ConfigError, match=r"main tasks school_\d+, .*\(138 in all\) are in no"):
+        pt.parse_config({"data": {"dataset": "school"}, "model": {"groups": [["school_1224"]]}})
+
+
 def test_a_custom_trunk_is_refused_with_groups() -> None:
     with pytest.raises(pt.ConfigError, match="model.groups: a custom trunk"):
         pt.build_model(
@@ -326,28 +331,28 @@ def test_a_custom_trunk_is_refused_with_groups() -> None:
 
 # ---- validate_groups ------------------------------------------------------------------------
 def planted_clusters(n: int, seed: int = 0) -> pd.DataFrame:
-    """Two clusters of two regression tasks each on disjoint inputs, with conflicting targets:
-    cluster A reads x0, x1 (a bump and its negative), cluster B reads x2, x3 (likewise).
-    A trunk of two units cannot serve both clusters; one per cluster can."""
+    """Two clusters of two regression tasks on disjoint inputs, conflicting within a cluster:
+    cluster A is x0 + x1 and x0 - x1, cluster B x2 + x3 and x2 - x3. A trunk of two units
+    spans one cluster's inputs, not both: all-in-one must drop half of the signal, a trunk per
+    cluster (and STL) need not. Grouping wins by a wide margin on every seed we tried."""
     rng = np.random.default_rng(seed)
     x = rng.uniform(-1, 1, size=(n, 4))
-    a = np.sin(3 * x[:, 0]) * x[:, 1]
-    b = np.cos(3 * x[:, 2]) * x[:, 3]
     frame = pd.DataFrame(x, columns=["x0", "x1", "x2", "x3"])
     noise = 0.05 * rng.normal(size=(n, 4))
-    frame["a1"], frame["a2"] = a + noise[:, 0], -a + noise[:, 1]
-    frame["b1"], frame["b2"] = b + noise[:, 2], -b + noise[:, 3]
+    frame["a1"], frame["a2"] = x[:, 0] + x[:, 1] + noise[:, 0], x[:, 0] - x[:, 1] + noise[:, 1]
+    frame["b1"], frame["b2"] = x[:, 2] + x[:, 3] + noise[:, 2], x[:, 2] - x[:, 3] + noise[:, 3]
     return frame
 
 
 def test_validate_groups_reports_every_arm_and_grouping_helps_planted_clusters(
     tmp_path: Path,
 ) -> None:
-    frame = planted_clusters(400)
+    frame = planted_clusters(300)
     tasks = [pt.Task(name=n, kind="regression") for n in ("a1", "a2", "b1", "b2")]
     config = make_config(
-        tmp_path / "unused.csv", tasks, epochs=40, batch_size=64, lr=2e-2,
-        model={"shared": [2]}, data={"validation_fraction": 0.25, "test_fraction": 0.1},
+        tmp_path / "unused.csv", tasks, epochs=30, batch_size=64, lr=2e-2,
+        model={"shared": [2], "activation": "tanh"},
+        data={"validation_fraction": 0.25, "test_fraction": 0.1},
     )  # fmt: skip
     result = pt.validate_groups(config, [["a1", "a2"], ["b1", "b2"]], seeds=2, frame=frame)
     json.dumps(result)
@@ -356,12 +361,15 @@ def test_validate_groups_reports_every_arm_and_grouping_helps_planted_clusters(
     for arm in result["arms"].values():
         assert len(arm["delta_m_per_seed"]) == 2 and math.isfinite(arm["delta_m_percent"])
         assert set(arm["tasks"]) == {"a1", "a2", "b1", "b2"}
+        lo, hi = arm["delta_m_ci95"]
+        assert lo <= arm["delta_m_percent"] <= hi
     assert result["arms"]["stl"]["delta_m_percent"] == 0.0
-    grouped, together = (result["arms"][a]["delta_m_percent"] for a in ("grouped", "all_in_one"))
-    assert grouped <= together
+    grouped, together = (result["arms"][a]["delta_m_per_seed"] for a in ("grouped", "all_in_one"))
+    assert all(g < t for g, t in zip(grouped, together, strict=True))
+    assert result["best"] in ("grouped", "stl")
 
 
 def test_validate_groups_checks_its_groups(tmp_path: Path) -> None:
     config = make_config(tmp_path / "unused.csv", TASKS[:2])
-    with pytest.raises(pt.ConfigError, match=r"main tasks \['sold'\] are in no group"):
+    with pytest.raises(pt.ConfigError, match=r"main tasks sold are in no group"):
         pt.validate_groups(config, [["price"]], seeds=1, frame=make_frame(40))

@@ -61,7 +61,7 @@ def group_problems(
             seen.setdefault(name, g)
     if tasks is None:
         return problems
-    known = ", ".join(tasks)
+    known = _shown(list(tasks))
     for g, group in enumerate(groups):
         for name in group:
             if name not in tasks:
@@ -69,10 +69,14 @@ def group_problems(
     missing = [n for n, main in tasks.items() if main and n not in seen]
     if missing:
         problems.append(
-            f"model.groups: main tasks {missing} are in no group; every main task must be in "
-            "exactly one (auxiliary tasks left out attach to every group)"
+            f"model.groups: main tasks {_shown(missing)} are in no group; every main task must "
+            "be in exactly one (auxiliary tasks left out attach to every group)"
         )
     return problems
+
+
+def _shown(names: list[str], limit: int = 12) -> str:
+    return ", ".join(names[:limit]) + (f", … ({len(names)} in all)" if len(names) > limit else "")
 
 
 class GroupedHardSharing(MultiTaskModel):
