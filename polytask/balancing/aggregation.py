@@ -15,6 +15,14 @@ Task-specific parameters get the plain sum of their tasks' gradients (each sees 
 loss). A model with no joint parameter (soft sharing) has nothing to aggregate: every task's
 parameters get its own loss's gradient and the weights are 1. Tasks absent from a batch are left
 out of the Jacobian for that step.
+
+Most aggregators are torchjd's; Nash-MTL and CAGrad are solved here, in torch on the T×T Gramian
+``G = JJᵀ`` (damped Newton and an active-set method), so that no balancer needs a generic
+solver (cvxpy) at run time. Every aggregator except GradDrop takes two many-task options:
+``every: k`` (recompute the weights every k steps; in between the step is ``w_oldᵀJ`` with the
+current J, obtained as one ordinary backward of Σ w_t L_t, so no per-task Jacobian through the
+joint parameters and no solve) and ``subset: m`` (above m present tasks, aggregate a seeded
+random m of them per step, the others weighted 0 that step).
 """
 
 from __future__ import annotations
@@ -30,7 +38,10 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..models.multitask import MultiTaskModel
 from .base import Balancer, register_balancer
-from .jacobian import add_flat_grad, add_grads, task_jacobian
+from .gramian import CAGrad as _CAGrad
+from .gramian import GramianSolver
+from .gramian import NashMTL as _NashMTL
+from .jacobian import add_flat_grad, add_grads, batched_grad, task_jacobian
 
 Level = Literal["parameters", "representation"]
 
@@ -40,18 +51,31 @@ class LevelOptions(BaseModel):
     level: Level = "parameters"
 
 
+class AggregatorOptions(LevelOptions):
+    """The options every aggregator with task weights takes (GradDrop has none: no weights)."""
+
+    every: int = Field(1, gt=0)
+    subset: int | None = Field(None, ge=2)
+    seed: int = 0
+
+
 class _Aggregation(Balancer):
-    """Base of the aggregators: subclasses give ``_make(options)``, a torchjd aggregator."""
+    """Base of the aggregators: subclasses give ``_make(options)``, a torchjd aggregator or one
+    of polytask's Gramian solvers (``GramianSolver``)."""
 
     needs_features = True
     sets_grads = True
-    Options: ClassVar[type[BaseModel]] = LevelOptions
+    Options: ClassVar[type[BaseModel]] = AggregatorOptions
     extra: ClassVar[str] = ""  # the torchjd extra its solver needs, if any
 
     def __init__(self, tasks, options=None) -> None:
         super().__init__(tasks, options)
         self._aggregators: dict[tuple[bool, ...], Any] = {}
-        self._new(len(self.tasks))  # fail at construction if a solver is missing
+        self._template = self._new(len(self.tasks))  # fails at construction without a solver
+        self._steps = 0
+        self._reused: dict[tuple[bool, ...], tuple[int, Tensor]] = {}  # present → (window, w)
+        seed = getattr(self.options, "seed", 0)
+        self._draws = torch.Generator().manual_seed(seed)
 
     def _make(self, n_tasks: int) -> Any:
         raise NotImplementedError
@@ -66,8 +90,11 @@ class _Aggregation(Balancer):
             ) from None
 
     def _aggregator(self, present: list[bool]) -> Any:
-        # Stateful aggregators (GradVac, Nash-MTL) keep one state per set of present tasks.
+        # Stateful aggregators (GradVac, Nash-MTL) keep one state per set of present tasks; under
+        # ``subset`` each draw gets a fresh one (a state per subset would grow without bound).
         key = tuple(present)
+        if getattr(self.options, "subset", None) is not None:
+            return self._new(sum(present))
         if key not in self._aggregators:
             self._aggregators[key] = self._new(sum(present))
         return self._aggregators[key]
@@ -79,13 +106,18 @@ class _Aggregation(Balancer):
         agg = self._aggregator(present)
         with warnings.catch_warnings():  # cvxpy's "not DPP" notice, once per Nash-MTL solve
             warnings.filterwarnings("ignore", message=".*not DPP.*")
-            return self._combine(agg, matrix)
+            w, d = self._combine(agg, matrix)
+        factor = _cap(self._template, d.norm())
+        return w * factor, d * factor
 
     @staticmethod
     def _combine(agg: Any, matrix: Tensor) -> tuple[Tensor, Tensor]:
+        """Uncapped weights and direction; Gramian-only weightings get G = JJᵀ (T×T) alone."""
         from torchjd.aggregation import GramianWeightedAggregator, WeightedAggregator
 
-        if isinstance(agg, GramianWeightedAggregator):
+        if isinstance(agg, GramianSolver):
+            w = agg.weights(matrix @ matrix.T)
+        elif isinstance(agg, GramianWeightedAggregator):
             w = agg.gramian_weighting(matrix @ matrix.T)
         elif isinstance(agg, WeightedAggregator):
             w = agg.weighting(matrix)
@@ -117,12 +149,13 @@ class _Aggregation(Balancer):
             stacked.sum().backward()
             return dict(zip(names, (stacked.detach() != 0).float().tolist(), strict=True))
         by_params = self.options.level == "parameters"
+        many = getattr(self.options, "every", 1) > 1 or getattr(self.options, "subset", None)
         fast = outputs is not None
         jac = task_jacobian(
             stacked,
             features,
             task_params=specific,
-            joint_params=joint if by_params else None,
+            joint_params=joint if by_params and not many else None,
             outputs=outputs if fast else None,
             slots=model.slots(names) if fast else None,
             output_rows=model.output_rows if fast else None,
@@ -131,18 +164,98 @@ class _Aggregation(Balancer):
         weights = {n: 0.0 for n in names}
         if not len(jac.matrix):
             return weights
-        w, direction = self.weights_and_direction(jac.matrix, jac.present)
-        if by_params:
-            add_flat_grad(joint, direction)
-        else:
-            cotangent = direction.view_as(features).to(features.dtype)
-            add_grads(joint, torch.autograd.grad(features, joint, cotangent, allow_unused=True))
         present_names = [n for n, p in zip(names, jac.present, strict=True) if p]
+        if many:
+            chosen, w = self._many_tasks(jac.matrix, jac.present, features, joint, by_params)
+            present_names = [n for n, c in zip(present_names, chosen, strict=True) if c]
+        else:
+            w, direction = self.weights_and_direction(jac.matrix, jac.present)
+            if by_params:
+                add_flat_grad(joint, direction)
+            else:
+                _pull(features, joint, direction)
         weights.update(zip(present_names, w.tolist(), strict=True))
         return weights
 
+    def _many_tasks(
+        self,
+        jac_z: Tensor,
+        present: list[bool],
+        features: Tensor,
+        joint: list[Tensor],
+        by_params: bool,
+    ) -> tuple[list[bool], Tensor]:
+        """The step under ``every``/``subset``, from the z-level rows ``jac_z`` of the present
+        tasks. Weights are reused within a window of ``every`` steps (per set of present tasks),
+        else computed on the (sub)set's rows, pulled back through the joint parameters only at
+        the parameter level. Returns which present tasks are weighted and their weights."""
+        o = self.options
+        window, self._steps = self._steps // o.every, self._steps + 1
+        cached = self._reused.get(tuple(present))
+        if cached is not None and cached[0] == window:
+            _, rows, w = cached
+        else:
+            rows = torch.arange(len(jac_z), device=jac_z.device)
+            if o.subset is not None and len(jac_z) > o.subset:
+                drawn = torch.randperm(len(jac_z), generator=self._draws)[: o.subset]
+                rows = drawn.sort().values.to(jac_z.device)
+            sub = jac_z.index_select(0, rows)
+            matrix = _rows(features, joint, sub) if by_params else sub
+            if len(matrix) == 1:
+                w = torch.ones(1, dtype=matrix.dtype, device=matrix.device)
+            else:
+                w, _ = self._combine(self._aggregator([True] * len(sub)), matrix)
+            if o.every > 1:
+                self._reused[tuple(present)] = (window, rows, w)
+        # wᵀJ is the gradient of Σ w_t L_t: one ordinary backward from z, at either level
+        cotangent = w.to(jac_z.dtype) @ jac_z.index_select(0, rows)
+        if by_params:
+            grads = _pull(features, joint, cotangent, into=False)
+            norm = torch.stack([g.float().pow(2).sum() for g in grads if g is not None])
+            factor = _cap(self._template, norm.sum().sqrt())
+            add_grads(joint, [None if g is None else g * factor for g in grads])
+        else:
+            factor = _cap(self._template, cotangent.norm())
+            _pull(features, joint, cotangent * factor)
+        chosen = [False] * len(jac_z)
+        for r in rows.tolist():
+            chosen[r] = True
+        return chosen, w * factor
+
     def state_dict(self) -> dict[str, Any]:
         return {}
+
+
+def _cap(agg: Any, norm: Tensor) -> float:
+    """The factor a capped aggregator (Nash-MTL's ``max_norm``) applies to a direction of this
+    norm; 1 for the others."""
+    return agg.cap(float(norm)) if isinstance(agg, GramianSolver) else 1.0
+
+
+def _pull(
+    features: Tensor, joint: list[Tensor], direction: Tensor, *, into: bool = True
+) -> tuple[Tensor | None, ...] | None:
+    """Pull a z-gradient back to the joint parameters (one ordinary backward)."""
+    cotangent = direction.view_as(features).to(features.dtype)
+    grads = torch.autograd.grad(features, joint, cotangent, allow_unused=True)
+    if into:
+        add_grads(joint, grads)
+        return None
+    return grads
+
+
+def _rows(features: Tensor, joint: list[Tensor], jac_z: Tensor) -> Tensor:
+    """The parameter-level rows of the tasks whose z-level rows are ``jac_z`` (one batched
+    backward through the joint parameters, as in ``jacobian.task_jacobian``)."""
+    cotangents = jac_z.view(len(jac_z), *features.shape).to(features.dtype)
+    rows = batched_grad(features, joint, cotangents, retain_graph=True)
+    return torch.cat(
+        [
+            torch.zeros(len(jac_z), p.numel(), device=p.device) if r is None else r.flatten(1)
+            for p, r in zip(joint, rows, strict=True)
+        ],
+        dim=1,
+    ).float()
 
 
 def _aggregator(
@@ -170,7 +283,7 @@ def _aggregator(
     return decorate
 
 
-class MGDAOptions(LevelOptions):
+class MGDAOptions(AggregatorOptions):
     epsilon: float = Field(1e-3, gt=0)
     max_iters: int = Field(100, gt=0)
 
@@ -189,16 +302,16 @@ def MGDA(o: MGDAOptions, n: int) -> Any:
 
 
 @_aggregator(
-    "pcgrad", "projects away conflicting gradient components", "Yu et al. 2020", LevelOptions
+    "pcgrad", "projects away conflicting gradient components", "Yu et al. 2020", AggregatorOptions
 )
-def PCGrad(o: LevelOptions, n: int) -> Any:
+def PCGrad(o: AggregatorOptions, n: int) -> Any:
     """Projecting conflicting gradients."""
     from torchjd.aggregation import PCGrad
 
     return PCGrad()
 
 
-class CAGradOptions(LevelOptions):
+class CAGradOptions(AggregatorOptions):
     c: float = Field(0.4, ge=0)
 
 
@@ -207,22 +320,19 @@ class CAGradOptions(LevelOptions):
     "maximizes the worst task improvement near the average gradient",
     "Liu et al. 2021",
     CAGradOptions,
-    extra="cagrad",
 )
 def CAGrad(o: CAGradOptions, n: int) -> Any:
-    """Conflict-averse gradient descent."""
-    from torchjd.aggregation import CAGrad
-
-    return CAGrad(c=o.c)
+    """Conflict-averse gradient descent (solved in torch on the Gramian, ``gramian.CAGrad``)."""
+    return _CAGrad(c=o.c)
 
 
 @_aggregator(
     "imtl_g",
     "direction with equal projections on all unit task gradients",
     "Liu et al. 2021",
-    LevelOptions,
+    AggregatorOptions,
 )
-def IMTLG(o: LevelOptions, n: int) -> Any:
+def IMTLG(o: AggregatorOptions, n: int) -> Any:
     """Impartial multi-task learning, gradient part."""
     from torchjd.aggregation import IMTLG
 
@@ -242,7 +352,7 @@ def GradDrop(o: LevelOptions, n: int) -> Any:
     return GradDrop()
 
 
-class GradVacOptions(LevelOptions):
+class GradVacOptions(AggregatorOptions):
     beta: float = Field(0.5, ge=0, le=1)
 
 
@@ -259,10 +369,11 @@ def GradVac(o: GradVacOptions, n: int) -> Any:
     return GradVac(beta=o.beta)
 
 
-class NashMTLOptions(LevelOptions):
-    max_norm: float = Field(1.0, gt=0)
+class NashMTLOptions(AggregatorOptions):
+    max_norm: float = Field(1.0, ge=0)
     update_weights_every: int = Field(1, gt=0)
-    optim_niter: int = Field(20, gt=0)
+    optim_niter: int = Field(50, gt=0)
+    ridge: float = Field(1e-6, gt=0)
 
 
 @_aggregator(
@@ -270,21 +381,20 @@ class NashMTLOptions(LevelOptions):
     "Nash bargaining solution over task gradients",
     "Navon et al. 2022",
     NashMTLOptions,
-    extra="nash-mtl",
 )
 def NashMTL(o: NashMTLOptions, n: int) -> Any:
-    """Multi-task learning as a bargaining game."""
-    from torchjd.aggregation import NashMTL
-
-    return NashMTL(
-        n_tasks=n,
+    """Multi-task learning as a bargaining game (damped Newton on the Gramian,
+    ``gramian.NashMTL``; ``optim_niter`` caps the Newton steps)."""
+    return _NashMTL(
+        n,
         max_norm=o.max_norm,
         update_weights_every=o.update_weights_every,
-        optim_niter=o.optim_niter,
+        max_iter=o.optim_niter,
+        ridge=o.ridge,
     )
 
 
-class AlignedMTLOptions(LevelOptions):
+class AlignedMTLOptions(AggregatorOptions):
     scale_mode: Literal["min", "median", "rmse"] = "min"
 
 
@@ -305,17 +415,17 @@ def AlignedMTL(o: AlignedMTLOptions, n: int) -> Any:
     "upgrad",
     "mean of task gradients each projected onto the dual cone",
     "Quinton & Rey 2024",
-    LevelOptions,
+    AggregatorOptions,
     extra="quadprog_projector",
 )
-def UPGrad(o: LevelOptions, n: int) -> Any:
+def UPGrad(o: AggregatorOptions, n: int) -> Any:
     """Unconflicting projection of gradients (Jacobian descent)."""
     from torchjd.aggregation import UPGrad
 
     return UPGrad()
 
 
-class FairGradOptions(LevelOptions):
+class FairGradOptions(AggregatorOptions):
     alpha: float = Field(1.0, gt=0)
 
 

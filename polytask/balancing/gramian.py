@@ -1,0 +1,190 @@
+"""Aggregation weights solved in torch from the T×T Gramian G = JJᵀ alone: Nash-MTL and CAGrad.
+
+Both replace torchjd's cvxpy solves (ECOS, CLARABEL) with small dense iterations in float64 on
+the Gramian, keeping torchjd's conventions (Gramian normalization, Nash-MTL's ``max_norm`` cap
+and ``update_weights_every``, CAGrad's ``norm_eps``), so the weights agree with torchjd's where
+its solver succeeds (``tests/test_balancers.py`` checks this when cvxpy is installed).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+class GramianSolver:
+    """A weighting that needs only the Gramian; ``cap`` is the factor applied to the weights
+    and the direction given the direction's norm (1 unless the method caps it)."""
+
+    def weights(self, gram: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def cap(self, norm: float) -> float:
+        return 1.0
+
+
+class NashMTL(GramianSolver):
+    """Nash-MTL (Navon et al. 2022): α > 0 with G α = 1/α.
+
+    Solved, as torchjd does, on G' = G/‖G‖_F (α = α'/√‖G‖_F; the warm start α' is kept).
+    G α = 1/α is the stationarity condition of φ(α) = ½ αᵀGα − Σ log α_i, strictly convex when
+    G is positive definite; ``nash_weights`` minimizes it by damped Newton. A rank-deficient G
+    (tasks more than gradient dimensions, a vanishing or duplicated gradient) is regularized with
+    ``ridge`` · I (relative to ‖G‖_F = 1), so a task whose gradient is below ~√ridge of the
+    others' gets a large but finite weight instead of an unbounded problem.
+    """
+
+    def __init__(
+        self,
+        n_tasks: int,
+        *,
+        max_norm: float,
+        update_weights_every: int,
+        max_iter: int,
+        ridge: float,
+    ) -> None:
+        self.max_norm = max_norm
+        self.every = update_weights_every
+        self.max_iter = max_iter
+        self.ridge = ridge
+        self.alpha = torch.ones(n_tasks, dtype=torch.float64)  # warm start, as torchjd's
+        self.scale = 1.0
+        self.step = 0
+
+    def weights(self, gram: Tensor) -> Tensor:
+        if self.step % self.every == 0:
+            g = gram.detach().to(torch.float64, copy=True).cpu()
+            self.scale = float(g.norm())
+            g = 0.5 * (g + g.T) / self.scale
+            self.alpha = nash_weights(g, self.alpha, ridge=self.ridge, max_iter=self.max_iter)
+        self.step += 1
+        return (self.alpha / self.scale**0.5).to(gram.device)
+
+    def cap(self, norm: float) -> float:
+        return self.max_norm / norm if 0 < self.max_norm < norm else 1.0
+
+
+def nash_weights(
+    gram: Tensor, start: Tensor, *, ridge: float, max_iter: int, tol: float = 1e-20
+) -> Tensor:
+    """argmin_{α>0} ½ αᵀ(G + ridge·I)α − Σ log α_i by damped Newton (Hessian G + diag(1/α²)),
+    backtracking to keep α > 0 and to decrease φ (Armijo); stops when the Newton decrement
+    λ² = ∇φᵀH⁻¹∇φ (≈ 2(φ − φ*)) is under ``tol`` or after ``max_iter`` steps."""
+    g = gram + ridge * torch.eye(len(gram), dtype=gram.dtype)
+    a = start.clone()
+
+    def phi(x: Tensor) -> float:
+        return float(0.5 * x @ g @ x - x.log().sum())
+
+    value = phi(a)
+    for _ in range(max_iter):
+        grad = g @ a - 1 / a
+        step = torch.linalg.solve(g + torch.diag(a.pow(-2)), grad)
+        decrement = float(grad @ step)
+        if decrement <= tol:
+            break
+        ratio = a / step
+        t = min(1.0, 0.99 * float(ratio[step > 0].min())) if bool((step > 0).any()) else 1.0
+        while True:
+            new = a - t * step
+            new_value = phi(new)
+            if new_value <= value - 0.25 * t * decrement or t < 1e-12:
+                break
+            t *= 0.5
+        if new_value > value:  # no descent left at float64 precision
+            break
+        a, value = new, new_value
+    return a
+
+
+class CAGrad(GramianSolver):
+    """CAGrad (Liu et al. 2021), the dual solved as torchjd does: with G normalized by its
+    trace, w ∈ Δ minimizing wᵀb + √φ ‖g_w‖ (b = G𝟙/T, ‖g_w‖² = wᵀGw, √φ = c √(𝟙ᵀG𝟙)/T), then
+    weights 𝟙/T + (√φ/‖g_w‖) w, or 0 when ‖g_w‖ < ``norm_eps`` (a Pareto-stationary point)."""
+
+    def __init__(self, c: float, *, norm_eps: float = 1e-4, max_iter: int = 100) -> None:
+        self.c = c
+        self.norm_eps = norm_eps
+        self.max_iter = max_iter
+
+    def weights(self, gram: Tensor) -> Tensor:
+        g = gram.detach().to(torch.float64, copy=True).cpu()
+        m = len(g)
+        trace = g.diagonal().sum()
+        if not trace > 0:
+            return torch.zeros(m, dtype=gram.dtype, device=gram.device)
+        g = 0.5 * (g + g.T) / trace
+        b = g.sum(1) / m
+        s = self.c * float(b.sum() / m) ** 0.5
+        v = cagrad_step(g, b, s, max_iter=self.max_iter) if s > 0 else torch.zeros(m)
+        total = float(v.sum())
+        # v = (√φ/‖g_w‖) w with w = v/Σv on the simplex, so ‖g_w‖ = √φ/Σv
+        if s > 0 and (total == 0 or s / total < self.norm_eps):
+            return torch.zeros(m, dtype=gram.dtype, device=gram.device)
+        return (1 / m + v).to(dtype=gram.dtype, device=gram.device)
+
+
+def cagrad_step(
+    gram: Tensor, b: Tensor, s: float, *, max_iter: int, ridge: float = 1e-12, tol: float = 1e-12
+) -> Tensor:
+    """v ≥ 0 with ‖g_v‖ = s maximizing the smallest improvement min_i (b + Gv)_i.
+
+    This is the KKT system of the CAGrad dual with v = (s/‖g_w‖) w: on the support S,
+    (b + Gv)_S = μ𝟙 (equal improvements) and vᵀGv = s², so v_S = μ p − q with p = G_SS⁻¹𝟙,
+    q = G_SS⁻¹b_S and μ the larger root of μ²𝟙ᵀp − 2μ𝟙ᵀq + b_Sᵀq − s² = 0; off S,
+    (b + Gv)_i ≥ μ. Active set: start from the worst task, add the most violated task, drop
+    the most negative v_i, at most ``max_iter`` changes; if that does not certify optimality,
+    finish by projected gradient on the simplex form (``_cagrad_projected``).
+    """
+    m = len(gram)
+    support = torch.zeros(m, dtype=torch.bool)
+    support[int(b.argmin())] = True
+    for _ in range(max_iter):
+        index = support.nonzero().squeeze(1)
+        g_s = gram[index][:, index] + ridge * torch.eye(len(index), dtype=gram.dtype)
+        pq = torch.linalg.solve(g_s, torch.stack([torch.ones(len(index)), b[index]], 1).double())
+        p, q = pq[:, 0], pq[:, 1]
+        a2, b2, c2 = float(p.sum()), float(q.sum()), float(b[index] @ q)
+        disc = b2 * b2 - a2 * (c2 - s * s)
+        if disc < 0:
+            break
+        mu = (b2 + disc**0.5) / a2
+        v_s = mu * p - q
+        if len(index) > 1 and float(v_s.min()) <= 0:
+            support[index[int(v_s.argmin())]] = False
+            continue
+        v = torch.zeros(m, dtype=gram.dtype)
+        v[index] = v_s
+        slack = b + gram @ v - mu
+        slack[index] = float("inf")
+        worst = int(slack.argmin())
+        if float(slack[worst]) >= -tol * max(1.0, abs(mu)):
+            return v
+        support[worst] = True
+    return _cagrad_projected(gram, b, s)
+
+
+def _cagrad_projected(gram: Tensor, b: Tensor, s: float, iters: int = 5000) -> Tensor:
+    """The fallback: accelerated projected gradient on min_{w∈Δ} wᵀb + s‖g_w‖, as v."""
+    m = len(gram)
+    step = 1 / (float(torch.linalg.eigvalsh(gram)[-1]) + 1e-12) * 1e-2
+    w = torch.full((m,), 1 / m, dtype=gram.dtype)
+    y, prev = w.clone(), w.clone()
+    for k in range(iters):
+        norm = float(y @ gram @ y) ** 0.5 + 1e-30
+        w = _simplex(y - step * (b + s * (gram @ y) / norm))
+        y = w + k / (k + 3) * (w - prev)
+        if float((w - prev).abs().max()) < 1e-14:
+            break
+        prev = w
+    norm = float(w @ gram @ w) ** 0.5
+    return w * (s / norm) if norm > 0 else torch.zeros(m, dtype=gram.dtype)
+
+
+def _simplex(x: Tensor) -> Tensor:
+    """Euclidean projection onto the probability simplex (sort-based)."""
+    u = x.sort(descending=True).values
+    css = u.cumsum(0) - 1
+    k = torch.arange(1, len(x) + 1, dtype=x.dtype)
+    rho = int((u - css / k > 0).nonzero().max())
+    return (x - css[rho] / (rho + 1)).clamp(min=0)
