@@ -52,6 +52,9 @@ DEFAULT_MEASURES = ("gradient", "lookahead", "hidden")
 #: Below this mean silhouette a clustering has "no substantial structure" (Kaufman &
 #: Rousseeuw): the tasks then form one group or are all trained alone (see suggest_groups).
 NO_STRUCTURE = 0.25
+#: A main task stays in its cluster only if its mean affinity to the other members is at least
+#: this share of the strongest affinity between two main tasks; else it is trained alone.
+MIN_SHARE = 0.25
 
 
 @dataclass
@@ -187,7 +190,9 @@ def suggest_groups(
     groups is ``groups`` when given; else the K in 2 … T−1 with the largest mean silhouette.
     When even that silhouette is below ``NO_STRUCTURE`` (0.25), there is no structure to cut:
     one group if the mean pairwise affinity is positive, else every task alone. Then a task
-    whose mean affinity to the rest of its group is not positive leaves it (trained alone).
+    whose mean scaled affinity to the rest of its group is below ``MIN_SHARE`` (0.25) leaves
+    it (trained alone): a task that relates to its group far less than the closest pair of
+    tasks relates is better off alone than diluting it.
     Each auxiliary task joins the groups toward whose main tasks its mean affinity is
     positive and at least half its best group's; none if it helps none.
     """
@@ -233,7 +238,7 @@ def suggest_groups(
     for position, label in enumerate(labels):
         members.setdefault(int(label), []).append(position)
     parts = [sorted(v) for v in members.values()]
-    if groups is None:
+    if groups is None and n > 2:
         parts = _split_off_unrelated(parts, sym)
     parts.sort(key=lambda p: p[0])
     result = [[main[p] for p in part] for part in parts]
@@ -253,15 +258,15 @@ def suggest_groups(
 
 
 def _split_off_unrelated(parts: list[list[int]], sym: np.ndarray) -> list[list[int]]:
-    """Tasks whose mean affinity to the rest of their group is ≤ 0 leave it, least related
-    first, until every remaining member relates positively to its group."""
+    """Tasks whose mean (scaled) affinity to the rest of their group is below ``MIN_SHARE``
+    leave it, least related first, until every remaining member relates to its group."""
     out = []
     for part in parts:
         part = list(part)
         while len(part) > 1:
             means = [float(np.mean([sym[i, j] for j in part if j != i])) for i in part]
             worst = int(np.argmin(means))
-            if means[worst] > 0:
+            if means[worst] >= MIN_SHARE:
                 break
             out.append([part.pop(worst)])
         out.append(part)
