@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from synthetic import FEATURES, make_config, make_frame
+from synthetic import FEATURES, make_config, make_frame, make_splits
 
 import polytask as pt
 from polytask.balancing import make_balancer
@@ -367,6 +367,26 @@ def test_validate_groups_reports_every_arm_and_grouping_helps_planted_clusters(
     grouped, together = (result["arms"][a]["delta_m_per_seed"] for a in ("grouped", "all_in_one"))
     assert all(g < t for g, t in zip(grouped, together, strict=True))
     assert result["best"] in ("grouped", "stl")
+
+
+def test_validate_groups_never_reads_the_test_split(tmp_path: Path) -> None:
+    """Scrambling the test split's labels changes nothing: only validation scores are used."""
+    frame = planted_clusters(160, seed=1)
+    tasks = [pt.Task(name=n, kind="regression") for n in ("a1", "a2", "b1", "b2")]
+    config = make_config(tmp_path / "unused.csv", tasks, epochs=2, model={"shared": [3]})
+    splits = make_splits(frame, validation=40, test=40)
+    scrambled = splits.test.copy()
+    scrambled[["a1", "a2", "b1", "b2"]] = 100.0 + scrambled[["a1", "a2", "b1", "b2"]] ** 2
+    results = [
+        pt.validate_groups(config, [["a1", "a2"], ["b1", "b2"]], seeds=[3], splits=s)
+        for s in (splits, pt.Splits(splits.train, splits.validation, scrambled))
+    ]
+    for arm in ("grouped", "all_in_one", "stl"):
+        assert results[0]["arms"][arm]["tasks"] == results[1]["arms"][arm]["tasks"]
+    assert (
+        results[0]["arms"]["grouped"]["delta_m_per_seed"]
+        == (results[1]["arms"]["grouped"]["delta_m_per_seed"])
+    )
 
 
 def test_validate_groups_checks_its_groups(tmp_path: Path) -> None:
