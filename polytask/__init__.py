@@ -32,6 +32,7 @@ from .errors import ConfigError, DataError, PolytaskError, PolytaskWarning, RunE
 from .grouping import validate_groups
 from .io import Run, load
 from .models import ARCHITECTURES, MLP, MultiTaskModel, build_model
+from .relate import Relatedness, relate
 from .tasks import KINDS, Task
 from .train import Trainer, fit, load_splits
 
@@ -52,6 +53,7 @@ __all__ = [
     "PolytaskError",
     "PolytaskWarning",
     "Preprocessor",
+    "Relatedness",
     "Run",
     "RunError",
     "SignalsConfig",
@@ -72,6 +74,7 @@ __all__ = [
     "parse_config",
     "read_table",
     "register_balancer",
+    "relate",
     "signals",
     "split_indices",
     "validate_groups",
