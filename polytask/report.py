@@ -338,11 +338,12 @@ def plot_relatedness(
     ax.yaxis.tick_right()
     ax.set_xlabel("task j", fontsize=8)
     if n <= 16:
+        # one format per matrix, from its scale (lookahead changes are ~1e-4 per step)
+        style = ".1f" if bound >= 10 else ".2f" if bound >= 0.05 else ".1e"
         for (i, j), v in np.ndenumerate(shown):
             if math.isfinite(v):
                 colour = "white" if abs(v) > 0.6 * bound else "black"
-                digits = 1 if abs(v) >= 10 else 2 if abs(v) >= 0.01 else 4
-                ax.text(j, i, f"{v:.{digits}f}", ha="center", va="center", fontsize=6, color=colour)
+                ax.text(j, i, format(v, style), ha="center", va="center", fontsize=6, color=colour)
     fig.colorbar(image, cax=bar_ax).ax.tick_params(labelsize=7)
     fig.suptitle(textwrap.fill(title, 90), fontsize=9)
     path.parent.mkdir(parents=True, exist_ok=True)
