@@ -1,0 +1,153 @@
+"""Epoch and step cost of the Gramian-solved aggregators (Nash-MTL, CAGrad) vs ``upgrad``.
+
+Two measurements, each method timed in alternation with the others so that drift in the
+machine's speed hits all alike (one thread):
+
+- **yeast**: the side-by-side protocol of issue 13 — Yeast's training split (1,450 rows),
+  MLP 103 → 256 → 256, 14 linear heads, BCE, Adam 1e-3, batch 128, fixed batch order; one
+  epoch = every batch once; median over ``--rounds`` epochs after one warm-up epoch;
+- **synthetic T=10**: ``benchmarks/balancer_cost.py``'s step (MLP 32 → 256 × 3, batch 256,
+  10 regression tasks), median step time ÷ the ``fixed`` step's.
+
+``--polytask DIR`` measures another checkout (e.g. a ``git worktree`` of the commit before the
+solvers moved into torch), so before and after run on the same machine:
+
+    python benchmarks/solver_free.py                          # this checkout
+    git archive COMMIT polytask | tar -x -C /tmp/before-checkout
+    python benchmarks/solver_free.py --polytask /tmp/before-checkout --label COMMIT \
+        --out benchmarks/results/solver_free_before.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+METHODS = [
+    ("fixed", {}),
+    ("upgrad@params", {"level": "parameters"}),
+    ("nash_mtl@params", {"level": "parameters"}),
+    ("cagrad@params", {"level": "parameters"}),
+    ("nash_mtl@repr", {"level": "representation"}),
+    ("cagrad@repr", {"level": "representation"}),
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--polytask", default=str(ROOT), help="checkout whose polytask to time")
+    parser.add_argument("--label", help="what --polytask is (default: its git commit)")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default="benchmarks/results/solver_free.json")
+    args = parser.parse_args()
+    sys.path.insert(0, args.polytask)
+    import torch
+
+    import polytask as pt
+    from polytask.balancing import make_balancer
+    from polytask.datasets import load_dataset
+    from polytask.models import HardSharing
+    from polytask.models.layers import MLP, TabularInput
+
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore")
+    commit = args.label or _commit(Path(args.polytask))
+
+    class Run:
+        """Model + balancer + Adam on fixed batches; ``epoch()`` times one pass over them."""
+
+        def __init__(self, label, options, x, y, hidden, batch) -> None:
+            torch.manual_seed(0)
+            name = label.split("@")[0]
+            self.names = [f"t{i}" for i in range(y.shape[1])]
+            self.model = HardSharing(
+                encoder=TabularInput(x.shape[1], [], None),
+                trunk=MLP(x.shape[1], hidden),
+                out_dims={n: 1 for n in self.names},
+            )
+            tasks = [pt.Task(name=n, kind="binary") for n in self.names]
+            self.balancer = make_balancer(name, tasks, options)
+            self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-3)
+            order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+            self.batches = [(x[i], y[i]) for i in order.split(batch)]
+
+        def epoch(self, limit: int | None = None) -> float:
+            started = time.perf_counter()
+            for xb, yb in self.batches[:limit]:
+                self.opt.zero_grad(set_to_none=True)
+                out, h = self.model(xb, packed=True, features=True)
+                per_task = torch.nn.functional.binary_cross_entropy_with_logits(
+                    out[:, :, 0], yb, reduction="none"
+                ).mean(0)
+                losses = dict(zip(self.names, per_task.unbind(0), strict=True))
+                self.balancer.backward(losses, model=self.model, features=h, outputs=out)
+                self.opt.step()
+            return time.perf_counter() - started
+
+    def timed(runs: dict[str, Run], rounds: int, limit: int | None = None) -> dict[str, float]:
+        for run in runs.values():
+            run.epoch(limit)  # warm-up
+        times: dict[str, list[float]] = {k: [] for k in runs}
+        for _ in range(rounds):
+            for k, run in runs.items():
+                times[k].append(run.epoch(limit))
+        return {k: statistics.median(v) for k, v in times.items()}
+
+    ds = load_dataset("yeast")
+    frame = ds.frame.iloc[ds.splits["train"]]
+    labels = [t.name for t in ds.tasks]
+    x = torch.tensor(frame.drop(columns=labels).to_numpy(), dtype=torch.float32)
+    x = (x - x.mean(0)) / x.std(0).clamp(min=1e-6)
+    y = torch.tensor(frame[labels].to_numpy(), dtype=torch.float32)
+    runs = {k: Run(k, o, x, y, [256, 256], 128) for k, o in METHODS}
+    yeast = timed(runs, args.rounds)
+
+    g = torch.Generator().manual_seed(0)
+    xs, ys = torch.randn(256, 32, generator=g), torch.randn(256, 10, generator=g)
+    synthetic_runs = {k: Run(k, o, xs, ys, [256] * 3, 256) for k, o in METHODS}
+    # one batch per "epoch": a step; regression targets through BCE's logits are fine for cost
+    synthetic = timed(synthetic_runs, args.steps)
+
+    print(f"polytask at {args.polytask} ({commit}); torch {torch.__version__}, ", end="")
+    print(f"{args.threads} thread(s), medians of {args.rounds} epochs / {args.steps} steps")
+    print(f"{'method':<18}{'yeast epoch (s)':>16}{'÷ upgrad@params':>17}{'T=10 step ÷ fixed':>19}")
+    for k, _ in METHODS:
+        print(
+            f"{k:<18}{yeast[k]:>16.3f}{yeast[k] / yeast['upgrad@params']:>17.2f}"
+            f"{synthetic[k] / synthetic['fixed']:>19.2f}"
+        )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    settings = {k: v for k, v in vars(args).items() if k != "out"}
+    settings.update(commit=commit, torch=torch.__version__, machine=platform.machine())
+    results = {
+        "yeast_epoch_s": yeast,
+        "synthetic_T10_step_s": synthetic,
+        "yeast_vs_upgrad_params": {k: v / yeast["upgrad@params"] for k, v in yeast.items()},
+        "synthetic_vs_fixed": {k: v / synthetic["fixed"] for k, v in synthetic.items()},
+    }
+    out.write_text(json.dumps({"settings": settings, "results": results}, indent=2))
+    print(f"wrote {out}")
+
+
+def _commit(path: Path) -> str:
+    import subprocess
+
+    done = subprocess.run(
+        ["git", "-C", str(path), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    )
+    return done.stdout.strip() or "unknown"
+
+
+if __name__ == "__main__":
+    main()
