@@ -193,8 +193,10 @@ def suggest_groups(
     whose mean scaled affinity to the rest of its group is below ``MIN_SHARE`` (0.25) leaves
     it (trained alone): a task that relates to its group far less than the closest pair of
     tasks relates is better off alone than diluting it.
-    Each auxiliary task joins the groups toward whose main tasks its mean affinity is
-    positive and at least half its best group's; none if it helps none.
+    Each auxiliary task joins the one group toward whose main tasks its mean affinity is
+    largest, if positive; an auxiliary task that helps no group is left out (the result is a
+    valid ``model.groups``, where a task is in at most one group; there an auxiliary task left
+    out attaches to every group, so drop it from the tasks to not train it at all).
     """
     from scipy.cluster.hierarchy import fcluster
     from sklearn.metrics import silhouette_score
@@ -248,12 +250,8 @@ def suggest_groups(
         helps = [
             float(np.mean([affinity[index[name], index[t]] for t in group])) for group in result
         ]
-        best_help = max(helps, default=0.0)
-        if best_help <= 0:
-            continue
-        for g, h in enumerate(helps):
-            if h > 0 and h >= 0.5 * best_help:
-                result[g].append(name)
+        if helps and max(helps) > 0:
+            result[int(np.argmax(helps))].append(name)
     return result
 
 
@@ -689,6 +687,7 @@ def relate(
             "every": every,
             "grouping_measure": grouping_measure,
             "groups": groups if groups is not None else "silhouette",
+            "unattached_auxiliary": [],
             "balancer": config.train.balancer,
             "lookahead_lr": config.train.lr,
             "hidden_rows": held_out,
@@ -697,6 +696,8 @@ def relate(
             "seconds": {k: round(v, 3) for k, v in seconds.items()},
         },
     )
+    listed = {n for g in result.groups for n in g}
+    result.settings["unattached_auxiliary"] = [n for n in names if n not in listed]
     if out is not None:
         result.save(out)
     return result

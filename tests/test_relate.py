@@ -319,16 +319,20 @@ def test_transfer_is_the_relative_change_of_the_pair_against_the_task_alone() ->
 
 # ---- grouping on hand-made affinities ---------------------------------------------------------
 def test_grouping_rules_on_a_hand_made_affinity() -> None:
-    names = ["m1", "m2", "m3", "m4", "m5", "aux_a", "aux_none"]
-    a = np.full((7, 7), -0.05)
+    names = ["m1", "m2", "m3", "m4", "m5", "aux_a", "aux_none", "aux_both"]
+    a = np.full((8, 8), -0.05)
     a[4, :5] = a[:5, 4] = -0.2  # m5 relates to no one
     a[np.ix_([0, 1], [0, 1])] = 0.6
     a[np.ix_([2, 3], [2, 3])] = 0.5
     a[5, [0, 1]] = 0.4  # aux_a helps m1 and m2 only
+    a[7, [0, 1]], a[7, [2, 3]] = 0.3, 0.4  # aux_both helps both groups, m3 and m4 more
+    a[[0, 1], 6] = 0.5  # aux_none is helped, but helps no one: it joins no group
     np.fill_diagonal(a, 1.0)
     main = names[:5]
-    assert suggest_groups(a, names, main) == [["m1", "m2", "aux_a"], ["m3", "m4"], ["m5"]]
+    expected = [["m1", "m2", "aux_a"], ["m3", "m4", "aux_both"], ["m5"]]
+    assert suggest_groups(a, names, main) == expected
     assert len(suggest_groups(a, names, main, groups=2)) == 2
+    assert suggest_groups(a, names, main, groups=1)[0][:5] == main
     # no structure and no positive affinity: every task alone; all alike and positive: one group
     flat = np.full((5, 5), -0.1)
     np.fill_diagonal(flat, 1.0)
