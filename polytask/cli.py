@@ -271,6 +271,12 @@ def relate(
     ),
     groups: int = typer.Option(None, "--groups", min=1, help="Number of groups (default: chosen)."),
     every: int = typer.Option(10, min=1, help="Record gradient/lookahead every N steps."),
+    validate: bool = typer.Option(
+        False,
+        "--validate",
+        help="Then train the suggested groups, all-in-one and STL (--seeds seeds) and report "
+        "each one's validation Δm%.",
+    ),
     quiet: bool = QUIET,
 ) -> None:
     """Which tasks help each other: train as `fit` would, measure relatedness, suggest groups."""
@@ -292,7 +298,31 @@ def relate(
             grouping_measure=grouping,
         )
     _print_relatedness(result)
+    if validate:
+        from .grouping import validate_groups
+        from .io import write_json
+
+        with console.status("validating the groups", spinner="dots") if not quiet else _Null():
+            checked = validate_groups(cfg, result.groups, seeds=seeds)
+        write_json(out / "relatedness.json", {**result.to_json(), "validation": checked})
+        _print_validation(checked)
     console.print(f"written: {out / 'relatedness.json'} and one relatedness_MEASURE.png each")
+
+
+def _print_validation(checked: dict[str, Any]) -> None:
+    table = Table(
+        title=f"validation Δm% vs STL over {len(checked['seeds'])} seed(s)",
+        caption="negative = better than STL; scores on the validation split (selection scores)",
+    )
+    for col in ("arm", "Δm % (mean ± std)", "95% CI"):
+        table.add_column(col)
+    for arm, values in checked["arms"].items():
+        lo, hi = values["delta_m_ci95"]
+        ci = f"[{lo:+.2f}, {hi:+.2f}]" if not math.isnan(lo) else "—"
+        mean, std = values["delta_m_percent"], values["delta_m_std"]
+        table.add_row(arm, f"{_fmt(mean, 2)} ± {_fmt(std, 2)}", ci)
+    console.print(table)
+    console.print(f"best on validation: {checked['best']}")
 
 
 def _print_relatedness(result: Any) -> None:

@@ -387,11 +387,13 @@ def test_cli_relate(tmp_path: Path) -> None:
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     out = tmp_path / "rel"
     args = ["relate", str(tmp_path / "config.yaml"), "--out", str(out), "-m", "hidden"]
-    args += ["-m", "gradient", "--groups", "2", "--every", "2", "--quiet"]
+    args += ["-m", "gradient", "--groups", "2", "--every", "2", "--validate", "--quiet"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "strongest helpers by hidden" in result.output
     assert "train alone" in result.output
     saved = json.loads((out / "relatedness.json").read_text())
     assert saved["settings"]["grouping_measure"] == "hidden"
+    assert set(saved["validation"]["arms"]) == {"grouped", "all_in_one", "stl"}
+    assert "best on validation" in result.output
     assert len([g for g in saved["groups"] if set(g) & {"a_reg", "a_bin", "a_reg2", "b_reg"}]) == 2
