@@ -773,3 +773,23 @@ def test_fixed_weights_each_loss_by_its_declared_alpha() -> None:
     losses = pt.losses.TaskLossValues(("c", "a", "b"), vector, {"c": 0, "a": 1, "b": 2})
     balancer.backward(losses, model=torch.nn.Identity())
     np.testing.assert_array_equal(vector.grad.numpy(), [3.0, 1.0, 2.0])
+
+
+def test_resume_with_a_random_subset_is_exact(tmp_path) -> None:
+    """The subset draws and the step count are in the checkpoint: 2 + 2 epochs = 4 epochs."""
+    from synthetic import make_splits
+
+    splits = make_splits(make_frame(n=160, seed=9, missing=0.2))
+    options = {"level": "representation", "subset": 3, "seed": 4}
+    config = make_config(tmp_path / "unused.csv", epochs=4, balancer="upgrad")
+    config = config.model_copy(
+        update={"train": config.train.model_copy(update={"balancer_options": options})}
+    )
+    shorter = config.model_copy(update={"train": config.train.model_copy(update={"epochs": 2})})
+    straight = pt.fit(config, splits=splits)
+    pt.fit(shorter, splits=splits, out=tmp_path / "run")
+    resumed = pt.fit(config, splits=splits, out=tmp_path / "run", resume=True)
+    columns = [c for c in straight.history if c not in ("seconds", "lr")]
+    pd.testing.assert_frame_equal(resumed.history[columns], straight.history[columns])
+    for a, b in zip(resumed.model.parameters(), straight.model.parameters(), strict=True):
+        torch.testing.assert_close(a, b)

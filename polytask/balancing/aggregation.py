@@ -223,7 +223,17 @@ class _Aggregation(Balancer):
         return chosen, w * factor
 
     def state_dict(self) -> dict[str, Any]:
-        return {}
+        # the step count and the subset draws resume exactly; weights reused within the current
+        # window of ``every`` steps are not saved (the first step after a resume solves anew)
+        if getattr(self.options, "every", 1) == 1 and getattr(self.options, "subset", None) is None:
+            return {}
+        return {"steps": torch.tensor(self._steps), "draws": self._draws.get_state()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if "steps" in state:
+            self._steps = int(state["steps"])
+        if "draws" in state:
+            self._draws.set_state(state["draws"])
 
 
 def _cap(agg: Any, norm: Tensor) -> float:
