@@ -12,8 +12,9 @@ order and epochs for all; one thread; seeds vary the initialization and batch or
 - ``yeast``: the side-by-side protocol (MLP 103 → 256 → 256, 14 linear heads, Adam 1e-3,
   batch 128) on Yeast's split; score: mean test AUC over the 14 tasks (higher is better).
 
-Epoch time is the median training epoch (seconds); prints a table with mean ± std over seeds
-and writes JSON.
+The methods of one seed train side by side, one epoch each in turn (drift in the machine's
+speed hits all alike). Epoch time is the median training epoch (seconds); prints a table with
+mean ± std over seeds and writes JSON.
 
     python benchmarks/many_task_options.py                      # both, 3 seeds
     python benchmarks/many_task_options.py --data yeast --seeds 2
@@ -78,50 +79,56 @@ def yeast():
     return tuple(parts)
 
 
-def train(data, name, options, *, kind, hidden, epochs, batch, seed):
-    x_train, y_train, x_test, y_test = (torch.tensor(a, dtype=torch.float32) for a in data)
-    mean, std = x_train.mean(0), x_train.std(0).clamp(min=1e-6)
-    x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
-    if kind == "regression":
-        y_mean, y_std = y_train.mean(0), y_train.std(0)
-        y_train = (y_train - y_mean) / y_std
-    n_tasks = y_train.shape[1]
-    names = [f"t{i}" for i in range(n_tasks)]
-    torch.manual_seed(seed)
-    model = HardSharing(
-        encoder=TabularInput(x_train.shape[1], [], None),
-        trunk=MLP(x_train.shape[1], hidden),
-        out_dims={n: 1 for n in names},
-    )
-    balancer = make_balancer(name, [pt.Task(name=n, kind=kind) for n in names], options)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    order = torch.Generator().manual_seed(seed)
-    times = []
-    for _ in range(epochs):
+class Training:
+    """One method's model, balancer, optimizer and batch order; ``epoch()`` trains one epoch
+    and returns its seconds, ``score()`` the test score."""
+
+    def __init__(self, data, name, options, *, kind, hidden, epochs, batch, seed) -> None:
+        x_train, y_train, x_test, y_test = (torch.tensor(a, dtype=torch.float32) for a in data)
+        mean, std = x_train.mean(0), x_train.std(0).clamp(min=1e-6)
+        self.x_train, self.x_test = (x_train - mean) / std, (x_test - mean) / std
+        self.y_mean, self.y_std = y_train.mean(0), y_train.std(0)
+        if kind == "regression":
+            y_train = (y_train - self.y_mean) / self.y_std
+        self.y_train, self.y_test, self.kind, self.batch = y_train, y_test, kind, batch
+        self.names = [f"t{i}" for i in range(y_train.shape[1])]
+        torch.manual_seed(seed)
+        self.model = HardSharing(
+            encoder=TabularInput(x_train.shape[1], [], None),
+            trunk=MLP(x_train.shape[1], hidden),
+            out_dims={n: 1 for n in self.names},
+        )
+        tasks = [pt.Task(name=n, kind=kind) for n in self.names]
+        self.balancer = make_balancer(name, tasks, options)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-3)
+        self.order = torch.Generator().manual_seed(seed)
+
+    def epoch(self) -> float:
         started = time.perf_counter()
-        for idx in torch.randperm(len(x_train), generator=order).split(batch):
-            opt.zero_grad(set_to_none=True)
-            out, h = model(x_train[idx], packed=True, features=True)
-            if kind == "regression":
-                per_task = (out[:, :, 0] - y_train[idx]).pow(2).mean(0)
+        for idx in torch.randperm(len(self.x_train), generator=self.order).split(self.batch):
+            self.opt.zero_grad(set_to_none=True)
+            out, h = self.model(self.x_train[idx], packed=True, features=True)
+            if self.kind == "regression":
+                per_task = (out[:, :, 0] - self.y_train[idx]).pow(2).mean(0)
             else:
                 per_task = torch.nn.functional.binary_cross_entropy_with_logits(
-                    out[:, :, 0], y_train[idx], reduction="none"
+                    out[:, :, 0], self.y_train[idx], reduction="none"
                 ).mean(0)
-            losses = dict(zip(names, per_task.unbind(0), strict=True))
-            balancer.backward(losses, model=model, features=h, outputs=out)
-            opt.step()
-        times.append(time.perf_counter() - started)
-    with torch.no_grad():
-        pred = model(x_test, packed=True)[:, :, 0]
-    if kind == "regression":
-        pred = pred * y_std + y_mean
-        score = float(((pred - y_test).pow(2).mean(0) / y_test.var(0)).mean())
-    else:
+            losses = dict(zip(self.names, per_task.unbind(0), strict=True))
+            self.balancer.backward(losses, model=self.model, features=h, outputs=out)
+            self.opt.step()
+        return time.perf_counter() - started
+
+    def score(self) -> float:
+        with torch.no_grad():
+            pred = self.model(self.x_test, packed=True)[:, :, 0]
+        if self.kind == "regression":
+            pred = pred * self.y_std + self.y_mean
+            return float(((pred - self.y_test).pow(2).mean(0) / self.y_test.var(0)).mean())
         from sklearn.metrics import roc_auc_score
 
-        score = float(np.mean([roc_auc_score(y_test[:, t], pred[:, t]) for t in range(n_tasks)]))
-    return statistics.median(times), score
+        y = self.y_test.numpy()
+        return float(np.mean([roc_auc_score(y[:, t], pred[:, t]) for t in range(y.shape[1])]))
 
 
 def main() -> None:
@@ -149,9 +156,16 @@ def main() -> None:
             for m in args.methods
             for label, o in variants(n_tasks)
         ]
-        for name, label, options in runs:
-            for seed in range(args.seeds):
-                epoch, score = train(data, name, options, seed=seed, **setup)
+        for seed in range(args.seeds):
+            # every method of one seed trained side by side, one epoch each in turn, so that
+            # drift in the (shared) machine's speed hits all alike
+            trainings = [Training(data, n, o, seed=seed, **setup) for n, _, o in runs]
+            times: list[list[float]] = [[] for _ in runs]
+            for _ in range(setup["epochs"]):
+                for k, training in enumerate(trainings):
+                    times[k].append(training.epoch())
+            for (name, label, _), training, t in zip(runs, trainings, times, strict=True):
+                epoch, score = statistics.median(t), training.score()
                 results.append(
                     {
                         "data": data_name,
