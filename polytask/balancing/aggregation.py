@@ -90,11 +90,8 @@ class _Aggregation(Balancer):
             ) from None
 
     def _aggregator(self, present: list[bool]) -> Any:
-        # Stateful aggregators (GradVac, Nash-MTL) keep one state per set of present tasks; under
-        # ``subset`` each draw gets a fresh one (a state per subset would grow without bound).
+        # Stateful aggregators (GradVac, Nash-MTL) keep one state per set of present tasks.
         key = tuple(present)
-        if getattr(self.options, "subset", None) is not None:
-            return self._new(sum(present))
         if key not in self._aggregators:
             self._aggregators[key] = self._new(sum(present))
         return self._aggregators[key]
@@ -196,16 +193,21 @@ class _Aggregation(Balancer):
             _, rows, w = cached
         else:
             rows = torch.arange(len(jac_z), device=jac_z.device)
-            if o.subset is not None and len(jac_z) > o.subset:
-                drawn = torch.randperm(len(jac_z), generator=self._draws)[: o.subset]
-                rows = drawn.sort().values.to(jac_z.device)
+            drawn = o.subset is not None and len(jac_z) > o.subset
+            if drawn:
+                picked = torch.randperm(len(jac_z), generator=self._draws)[: o.subset]
+                rows = picked.sort().values.to(jac_z.device)
             sub = jac_z.index_select(0, rows)
             matrix = _rows(features, joint, sub) if by_params else sub
             if len(matrix) == 1:
                 w = torch.ones(1, dtype=matrix.dtype, device=matrix.device)
             else:
-                w, _ = self._combine(self._aggregator([True] * len(sub)), matrix)
-            if o.every > 1:
+                # a stateful aggregator keeps no state across random subsets (one per subset
+                # would grow without bound): a drawn subset gets a fresh one
+                agg = self._new(len(sub)) if drawn else self._aggregator(present)
+                w, _ = self._combine(agg, matrix)
+            if o.every > 1:  # keep the current window's weights only
+                self._reused = {k: v for k, v in self._reused.items() if v[0] == window}
                 self._reused[tuple(present)] = (window, rows, w)
         # wᵀJ is the gradient of Σ w_t L_t: one ordinary backward from z, at either level
         cotangent = w.to(jac_z.dtype) @ jac_z.index_select(0, rows)
