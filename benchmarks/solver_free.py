@@ -118,6 +118,8 @@ def main() -> None:
     # one batch per "epoch": a step; regression targets through BCE's logits are fine for cost
     synthetic = timed(synthetic_runs, args.steps)
 
+    solves = _solve_times(torch)
+
     print(f"polytask at {args.polytask} ({commit}); torch {torch.__version__}, ", end="")
     print(f"{args.threads} thread(s), medians of {args.rounds} epochs / {args.steps} steps")
     print(f"{'method':<18}{'yeast epoch (s)':>16}{'÷ upgrad@params':>17}{'T=10 step ÷ fixed':>19}")
@@ -126,6 +128,8 @@ def main() -> None:
             f"{k:<18}{yeast[k]:>16.3f}{yeast[k] / yeast['upgrad@params']:>17.2f}"
             f"{synthetic[k] / synthetic['fixed']:>19.2f}"
         )
+    for k, v in solves.items():
+        print(f"one solve on a 14×14 Gramian, {k}: {1e3 * v:.2f} ms (median of 20)")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     settings = {k: v for k, v in vars(args).items() if k != "out"}
@@ -135,9 +139,45 @@ def main() -> None:
         "synthetic_T10_step_s": synthetic,
         "yeast_vs_upgrad_params": {k: v / yeast["upgrad@params"] for k, v in yeast.items()},
         "synthetic_vs_fixed": {k: v / synthetic["fixed"] for k, v in synthetic.items()},
+        "solve_s": solves,
     }
     out.write_text(json.dumps({"settings": settings, "results": results}, indent=2))
     print(f"wrote {out}")
+
+
+def _solve_times(torch) -> dict[str, float]:
+    """Median time of one weighting solve on the Gramian of a random 14 × 93,000 Jacobian
+    (Yeast's parameter count): torchjd's cvxpy solves, and polytask's where it has them
+    (Nash-MTL from a cold start each time: an upper bound of a training step's solve)."""
+    from torchjd.aggregation import CAGrad, NashMTL
+
+    jac = torch.randn(14, 93_000, generator=torch.Generator().manual_seed(0))
+    gram = jac @ jac.T
+    nash = NashMTL(n_tasks=14)  # one instance, as in training: its problem is compiled once
+    solvers = {
+        "torchjd nash_mtl (cvxpy, compiled, warm)": lambda: nash.weighting(jac),
+        "torchjd cagrad (cvxpy)": lambda: CAGrad(c=0.4).gramian_weighting(gram),
+    }
+    try:
+        from polytask.balancing import gramian
+    except ImportError:  # a checkout before the Gramian solvers
+        gramian = None
+    if gramian is not None:
+        options = dict(max_norm=1.0, update_weights_every=1, max_iter=50, ridge=1e-6)
+        solvers["polytask nash_mtl (cold start)"] = lambda: gramian.NashMTL(14, **options).weights(
+            gram
+        )
+        solvers["polytask cagrad"] = lambda: gramian.CAGrad(0.4).weights(gram)
+    times = {}
+    for name, solve in solvers.items():
+        solve()
+        runs = []
+        for _ in range(20):
+            started = time.perf_counter()
+            solve()
+            runs.append(time.perf_counter() - started)
+        times[name] = statistics.median(runs)
+    return times
 
 
 def _commit(path: Path) -> str:
