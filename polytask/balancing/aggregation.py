@@ -1,8 +1,8 @@
 """Gradient-aggregation balancers: per-task gradients of the joint part combined into one update.
 
-The aggregators themselves are torchjd's (``torchjd.aggregation``); this module feeds them the
-Jacobian from ``jacobian.task_jacobian`` at one of two levels, over the model's
-``parameter_groups()`` (see ``models.multitask``):
+Most aggregators are torchjd's (``torchjd.aggregation``); Nash-MTL and CAGrad are polytask's
+own (``gramian``). This module feeds them the Jacobian from ``jacobian.task_jacobian`` at one
+of two levels, over the model's ``parameter_groups()`` (see ``models.multitask``):
 
 - ``parameters``: rows are the task gradients w.r.t. all joint (shared and other) parameters
   (exact, T× the memory of one gradient);
@@ -16,9 +16,9 @@ loss). A model with no joint parameter (soft sharing) has nothing to aggregate: 
 parameters get its own loss's gradient and the weights are 1. Tasks absent from a batch are left
 out of the Jacobian for that step.
 
-Most aggregators are torchjd's; Nash-MTL and CAGrad are solved here, in torch on the T×T Gramian
-``G = JJᵀ`` (damped Newton and an active-set method), so that no balancer needs a generic
-solver (cvxpy) at run time. Every aggregator except GradDrop takes two many-task options:
+Nash-MTL and CAGrad are solved in torch on the T×T Gramian ``G = JJᵀ`` (damped Newton and an
+active-set method), so that no balancer needs a generic solver (cvxpy) at run time. Every
+aggregator except GradDrop takes two many-task options:
 ``every: k`` (recompute the weights every k steps; in between the step is ``w_oldᵀJ`` with the
 current J, obtained as one ordinary backward of Σ w_t L_t, so no per-task Jacobian through the
 joint parameters and no solve) and ``subset: m`` (above m present tasks, aggregate a seeded
@@ -27,7 +27,6 @@ random m of them per step, the others weighted 0 that step).
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Literal
 
@@ -73,7 +72,8 @@ class _Aggregation(Balancer):
         self._aggregators: dict[tuple[bool, ...], Any] = {}
         self._template = self._new(len(self.tasks))  # fails at construction without a solver
         self._steps = 0
-        self._reused: dict[tuple[bool, ...], tuple[int, Tensor]] = {}  # present → (window, w)
+        # present tasks → (window, rows of the present tasks weighted, their weights)
+        self._reused: dict[tuple[bool, ...], tuple[int, Tensor, Tensor]] = {}
         seed = getattr(self.options, "seed", 0)
         self._draws = torch.Generator().manual_seed(seed)
 
@@ -100,10 +100,7 @@ class _Aggregation(Balancer):
         """The aggregator's task weights w (present tasks) and direction d = wᵀJ."""
         if len(matrix) == 1:  # one task: every method reduces to its gradient
             return torch.ones(1, device=matrix.device), matrix[0]
-        agg = self._aggregator(present)
-        with warnings.catch_warnings():  # cvxpy's "not DPP" notice, once per Nash-MTL solve
-            warnings.filterwarnings("ignore", message=".*not DPP.*")
-            w, d = self._combine(agg, matrix)
+        w, d = self._combine(self._aggregator(present), matrix)
         factor = _cap(self._template, d.norm())
         return w * factor, d * factor
 
