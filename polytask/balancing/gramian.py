@@ -65,11 +65,13 @@ class NashMTL(GramianSolver):
 
 
 def nash_weights(
-    gram: Tensor, start: Tensor, *, ridge: float, max_iter: int, tol: float = 1e-20
+    gram: Tensor, start: Tensor, *, ridge: float, max_iter: int, tol: float = 1e-14
 ) -> Tensor:
     """argmin_{α>0} ½ αᵀ(G + ridge·I)α − Σ log α_i by damped Newton (Hessian G + diag(1/α²)),
     backtracking to keep α > 0 and to decrease φ (Armijo); stops when the Newton decrement
-    λ² = ∇φᵀH⁻¹∇φ (≈ 2(φ − φ*)) is under ``tol`` or after ``max_iter`` steps."""
+    λ² = ∇φᵀH⁻¹∇φ (≈ 2(φ − φ*)) is under ``tol`` (α then within ~λ of α*, relative, and one
+    more step would square λ), when φ no longer decreases in float64, or after ``max_iter``
+    steps."""
     g = gram + ridge * torch.eye(len(gram), dtype=gram.dtype)
     a = start.clone()
 
@@ -91,7 +93,7 @@ def nash_weights(
             if new_value <= value - 0.25 * t * decrement or t < 1e-12:
                 break
             t *= 0.5
-        if new_value > value:  # no descent left at float64 precision
+        if new_value >= value:  # no descent left at float64 precision
             break
         a, value = new, new_value
     return a
