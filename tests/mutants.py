@@ -39,6 +39,7 @@ LOSSES_TESTS = ("tests/test_losses.py",)
 SETTINGS_TESTS = ("tests/test_train_settings.py",)
 SELECT_TESTS = ("tests/test_select.py", "tests/test_train.py")
 ARCHITECTURE_TESTS = ("tests/test_architectures.py",)
+RELATE_TESTS = ("tests/test_relate.py",)
 
 
 @dataclass(frozen=True)
@@ -355,6 +356,84 @@ SoftSharing.add_penalty_gradient = lambda self: None
 check_parameter_groups = lambda model: None
 """,
         ARCHITECTURE_TESTS,
+    ),
+    Mutant(
+        "gradient measure → identity",
+        "relate's gradient cosine matrix is the identity (no task relates to another)",
+        "polytask/relate.py",
+        """
+_mutant_matrices = _Recorder.matrices
+
+
+def _mutant_identity(self):
+    out = _mutant_matrices(self)
+    if "gradient" in out:
+        out["gradient"] = np.eye(len(self.names))
+    return out
+
+
+_Recorder.matrices = _mutant_identity
+""",
+        RELATE_TESTS,
+    ),
+    Mutant(
+        "lookahead measure → random",
+        "relate's lookahead matrix is uniform noise",
+        "polytask/relate.py",
+        """
+_mutant_matrices = _Recorder.matrices
+_mutant_rng = np.random.default_rng(0)
+
+
+def _mutant_random(self):
+    out = _mutant_matrices(self)
+    if "lookahead" in out:
+        out["lookahead"] = _mutant_rng.uniform(-1e-3, 1e-3, out["lookahead"].shape)
+    return out
+
+
+_Recorder.matrices = _mutant_random
+""",
+        RELATE_TESTS,
+    ),
+    Mutant(
+        "hidden sensitivities → random",
+        "relate's hidden-unit sensitivity profiles are uniform noise",
+        "polytask/relate.py",
+        """
+_mutant_sensitivity = hidden_sensitivity
+_mutant_rng = np.random.default_rng(0)
+
+
+def hidden_sensitivity(model, data, *, chunk=512):
+    return _mutant_rng.random(_mutant_sensitivity(model, data, chunk=chunk).shape)
+""",
+        RELATE_TESTS,
+    ),
+    Mutant(
+        "transfer → random",
+        "relate's transfer matrix is uniform noise (zero diagonal)",
+        "polytask/relate.py",
+        """
+_mutant_rng = np.random.default_rng(0)
+
+
+def transfer_matrix(config, splits, tasks):
+    d = _mutant_rng.uniform(-10, 10, (len(tasks), len(tasks)))
+    np.fill_diagonal(d, 0.0)
+    return d
+""",
+        RELATE_TESTS,
+    ),
+    Mutant(
+        "groups: one for all",
+        "relate suggests one group of every main task whatever the affinities",
+        "polytask/relate.py",
+        """
+def suggest_groups(affinity, tasks, main, *, groups=None):
+    return [list(main)]
+""",
+        RELATE_TESTS,
     ),
 ]
 
