@@ -7,7 +7,7 @@ missing, Adam. One epoch is the library's own training loop, ``Trainer._train_ep
 balancer set through ``TrainConfig(balancer=..., balancer_options=...)``; nothing of the loop is
 copied here. Methods: ``fixed``, the loss weighting ``dwa``, and the aggregators ``upgrad``,
 ``mgda`` and ``nash_mtl`` at both levels (``params``: ``level: parameters``, ``repr``:
-``level: representation``), plus at T ≥ 100 the many-task options ``every: 16`` and
+``level: representation``), plus at T = 1,000 the many-task options ``every: 16`` and
 ``subset: 32`` (docs/balancers.md). After one warm-up epoch per method, the methods of one T
 run one epoch each in turn (rotating order, so drift in the machine's speed hits all alike);
 the median epoch is reported, and its ratio to the same method's T = 1 epoch. A method whose
@@ -23,9 +23,12 @@ runs; only up to ``--sequential-max`` tasks, nothing is extrapolated). ``train``
 ``train_seconds``, ``total`` the wall time of ``fit_stl`` (per-task preprocessing and scoring
 included).
 
-Peak memory: each configuration in a fresh process (``--memory-tasks``), the growth of the
-resident set's peak during one (capped) epoch or one ``fit_stl`` call above the level before it
-(Linux: peak reset through /proc/self/clear_refs), and the process's ``ru_maxrss``.
+Peak memory (MTL at ``--memory-tasks``, STL at ``--stl-memory-tasks``): each configuration in a
+fresh process, the growth of the resident set's peak during one training step (one batch) or
+one ``fit_stl`` call above the level before it (Linux: peak reset through
+/proc/self/clear_refs), and the process's ``ru_maxrss``. At the MTL memory T this one-step
+process is also a probe: a method whose step does not finish within ``probe_timeout`` seconds
+is skipped there, with that reason.
 
     python benchmarks/many_tasks.py            # T = 1, 10, 100, 1000 (about 12 minutes)
     python benchmarks/many_tasks.py --quick    # T = 1, 10, 100, fewer repeats (about 1 minute)
@@ -80,7 +83,8 @@ class Setup:
     missing: float = 0.3
     repeats: int = 5  # timed epochs per method and T (capped methods: fewer)
     cap: float = 4.0  # seconds: an epoch estimated above this is timed on cap_steps batches
-    cap_steps: int = 2
+    cap_steps: int = 1
+    probe_timeout: float = 20.0  # seconds for one step (at the memory T): else skipped
     capped_repeats: int = 2
     stl_epochs: int = 3
     stl_repeats: int = 3
@@ -105,7 +109,7 @@ def methods() -> list[Method]:
             for extra in ({"every": 16}, {"subset": 32}):
                 key, value = next(iter(extra.items()))
                 label = f"{name}@{short} {key}={value}"
-                out.append(Method(label, name, {"level": level, **extra}, min_tasks=100))
+                out.append(Method(label, name, {"level": level, **extra}, min_tasks=1000))
     return out
 
 
@@ -166,6 +170,7 @@ class Timed:
         self.generator = torch.Generator().manual_seed(0)
         self.capped_steps: int | None = None
         self.setup = setup
+        self.options = method.options
         self.small = TaskData(
             x_num=self.data.x_num[: setup.batch_size * setup.cap_steps],
             x_cat=self.data.x_cat[: setup.batch_size * setup.cap_steps],
@@ -181,7 +186,8 @@ class Timed:
         started = time.perf_counter()
         self.trainer._train_epoch(self.small, self.generator)
         per_step = (time.perf_counter() - started) / self.setup.cap_steps
-        if per_step * self.steps > self.setup.cap:
+        # every: k solves once per k steps, so only whole epochs time it fairly: never capped
+        if per_step * self.steps > self.setup.cap and "every" not in self.options:
             self.capped_steps = self.setup.cap_steps
         else:
             self.trainer._train_epoch(self.data, self.generator)
@@ -199,11 +205,29 @@ def bench_mtl(counts: list[int], setup: Setup, memory_tasks: set[int]) -> list[d
     rows: list[dict[str, Any]] = []
     for n_tasks in counts:
         active = [m for m in methods() if n_tasks >= m.min_tasks]
-        timed = {}
+        timed, probes, skipped = {}, {}, []
         started = time.perf_counter()
         for m in active:
+            if n_tasks in memory_tasks:  # memory, and one step's time, in a fresh process
+                probes[m.label] = child_memory(["mtl", str(n_tasks), m.label], setup)
+                if "skipped" in probes[m.label]:
+                    skipped.append(m)
+                    print(f"T={n_tasks} {m.label}: {probes[m.label]['skipped']}", flush=True)
+                    continue
             timed[m.label] = Timed(n_tasks, m, setup)
             timed[m.label].warm_up()
+        for m in skipped:
+            rows.append(
+                {
+                    "tasks": n_tasks,
+                    "method": m.label,
+                    "balancer": m.balancer,
+                    "options": m.options,
+                    "skipped": probes[m.label]["skipped"],
+                    "memory": probes[m.label],
+                }
+            )
+        active = [m for m in active if m not in skipped]
         times: dict[str, list[float]] = {m.label: [] for m in active}
         for r in range(setup.repeats):
             order = active[r % len(active) :] + active[: r % len(active)]
@@ -226,15 +250,18 @@ def bench_mtl(counts: list[int], setup: Setup, memory_tasks: set[int]) -> list[d
                 "capped_steps": t.capped_steps,
                 "steps_per_epoch": t.steps,
             }
-            if n_tasks in memory_tasks:
-                row["memory"] = child_memory(["mtl", str(n_tasks), m.label], setup)
+            if m.label in probes:
+                row["memory"] = probes[m.label]
             rows.append(row)
         del timed
         print(
             f"T={n_tasks}: {len(active)} methods, {time.perf_counter() - started:.0f} s", flush=True
         )
-    base = {r["method"]: r["epoch_s"] for r in rows if r["tasks"] == min(counts)}
+    base = {r["method"]: r.get("epoch_s") for r in rows if r["tasks"] == min(counts)}
     for r in rows:
+        if "skipped" in r:
+            r["vs_t1"] = None
+            continue
         ref = base.get(r["method"].split(" ")[0])  # options variants: vs the method's T = 1
         r["vs_t1"] = r["epoch_s"] / ref if ref else None
     return rows
@@ -313,16 +340,21 @@ def _status_kib(field: str) -> int:
         return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
 
 
-def child_memory(spec: list[str], setup: Setup) -> dict[str, float] | None:
-    """Peak memory of one configuration, in a fresh process (None where it failed)."""
-    out = subprocess.run(
-        [sys.executable, __file__, "--memory-child", json.dumps(asdict(setup)), *spec],
-        capture_output=True,
-        text=True,
-    )
+def child_memory(spec: list[str], setup: Setup) -> dict[str, Any]:
+    """Peak memory of one configuration in a fresh process (MTL: one training step on one
+    batch, whose seconds it reports too); ``{"skipped": why}`` when it fails or runs past
+    ``setup.probe_timeout``."""
+    try:
+        out = subprocess.run(
+            [sys.executable, __file__, "--memory-child", json.dumps(asdict(setup)), *spec],
+            capture_output=True,
+            text=True,
+            timeout=setup.probe_timeout,
+        )
+    except subprocess.TimeoutExpired:
+        return {"skipped": f"one step did not finish within {setup.probe_timeout:.0f} s"}
     if out.returncode != 0:
-        print(f"memory {spec}: failed: {out.stderr.strip().splitlines()[-1:]}", flush=True)
-        return None
+        return {"skipped": "failed: " + " ".join(out.stderr.strip().splitlines()[-1:])}
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -335,7 +367,10 @@ def memory_child(setup_json: str, part: str, n_tasks: int, name: str) -> None:
         method = next(m for m in methods() if m.label == name)
         Timed(1, Method("fixed", "fixed", {}), setup).warm_up()  # first-call allocations
         timed = Timed(n_tasks, method, setup)
-        run = timed.warm_up
+
+        def run() -> None:
+            timed.trainer._train_epoch(timed.small, timed.generator)  # one step, one batch
+
     else:
         stl_call("ensemble", *stl_problem(2, replace(setup, rows=256)))  # first-call costs
         config, splits = stl_problem(n_tasks, setup)
@@ -346,10 +381,20 @@ def memory_child(setup_json: str, part: str, n_tasks: int, name: str) -> None:
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset the peak (VmHWM) to the current resident set
     before = _status_kib("VmRSS")
+    started = time.perf_counter()
     run()
+    seconds = time.perf_counter() - started
     peak = _status_kib("VmHWM")
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"growth_mib": (peak - before) / 1024, "process_peak_mib": maxrss / 1024}))
+    print(
+        json.dumps(
+            {
+                "growth_mib": (peak - before) / 1024,
+                "process_peak_mib": maxrss / 1024,
+                "seconds": seconds,
+            }
+        )
+    )
 
 
 # ---- report ---------------------------------------------------------------------------------
@@ -374,7 +419,7 @@ def machine() -> dict[str, Any]:
 
 
 def _mem(row: dict[str, Any] | None) -> str:
-    return f"{row['growth_mib']:.0f}" if row else "-"
+    return f"{row['growth_mib']:.0f}" if row and "growth_mib" in row else "-"
 
 
 def print_mtl(rows: list[dict[str, Any]], counts: list[int]) -> None:
@@ -386,8 +431,10 @@ def print_mtl(rows: list[dict[str, Any]], counts: list[int]) -> None:
         cells, mem = [], []
         for t in counts:
             r = next((r for r in rows if r["method"] == label and r["tasks"] == t), None)
-            if r is None:
-                cells.append(f"{'':>17}")
+            if r is None or "skipped" in r:
+                cells.append(f"{'' if r is None else 'skipped':>17}")
+                if r is not None:
+                    mem.append(_mem(r["memory"]))
                 continue
             ratio = f"{r['vs_t1']:.1f}x" if r["vs_t1"] is not None else ""
             star = "*" if r["capped_steps"] else " "
@@ -438,7 +485,7 @@ def goals(mtl: list[dict[str, Any]], stl: list[dict[str, Any]]) -> dict[str, Any
                 "goal": GOAL_STL,
             }
     for v in out.values():
-        v["met"] = v["ratio"] <= v["goal"]
+        v["met"] = v["ratio"] is not None and v["ratio"] <= v["goal"]
     return out
 
 
@@ -456,7 +503,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cap", type=float, help="seconds per epoch above which to cap (4)")
     parser.add_argument("--sequential-max", type=int, help="largest T of separate STL runs")
     parser.add_argument(
-        "--memory-tasks", help="T at which to measure peak memory (1,1000; --quick: 100)"
+        "--memory-tasks", help="T at which to measure MTL peak memory (1000; --quick: none)"
+    )
+    parser.add_argument(
+        "--stl-memory-tasks", help="T at which to measure STL peak memory (100,1000; quick: 10)"
     )
     parser.add_argument("--no-stl", action="store_true", help="skip the STL part")
     parser.add_argument("--memory-child", nargs=4, help=argparse.SUPPRESS)
@@ -470,7 +520,9 @@ def main(argv: list[str] | None = None) -> int:
     warnings.simplefilter("ignore")
     setup = Setup()
     if args.quick:
-        setup = replace(setup, repeats=3, capped_repeats=1, stl_repeats=2, cap=1.0)
+        setup = replace(
+            setup, repeats=3, capped_repeats=1, stl_repeats=2, cap=1.0, sequential_max=10
+        )
     setup = replace(
         setup,
         repeats=args.repeats or setup.repeats,
@@ -480,8 +532,10 @@ def main(argv: list[str] | None = None) -> int:
     default_counts = "1,10,100" if args.quick else ",".join(map(str, TASK_COUNTS))
     counts = [int(t) for t in (args.tasks or default_counts).split(",")]
     memory_tasks = {
-        int(t) for t in (args.memory_tasks or ("100" if args.quick else "1,1000")).split(",") if t
+        int(t) for t in (args.memory_tasks or ("" if args.quick else "1000")).split(",") if t
     }
+    stl_memory = args.stl_memory_tasks or ("10" if args.quick else "100,1000")
+    stl_memory_tasks = {int(t) for t in stl_memory.split(",") if t}
     info = machine()
     print(
         f"polytask {info['polytask']}, torch {info['torch']}, 1 thread, {info['cpu']} "
@@ -492,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     started = time.perf_counter()
     mtl = bench_mtl(counts, setup, memory_tasks)
-    stl = [] if args.no_stl else bench_stl(counts, setup, memory_tasks)
+    stl = [] if args.no_stl else bench_stl(counts, setup, stl_memory_tasks)
     elapsed = time.perf_counter() - started
     print_mtl(mtl, counts)
     if stl:
@@ -500,9 +554,8 @@ def main(argv: list[str] | None = None) -> int:
     met = goals(mtl, stl)
     print("\ngoals:")
     for key, v in met.items():
-        print(
-            f"  {key}: {v['ratio']:.2f}x (goal <= {v['goal']}x) {'met' if v['met'] else 'NOT met'}"
-        )
+        ratio = "skipped" if v["ratio"] is None else f"{v['ratio']:.2f}x"
+        print(f"  {key}: {ratio} (goal <= {v['goal']}x) {'met' if v['met'] else 'NOT met'}")
     result = {
         "benchmark": "many_tasks",
         "command": " ".join(["python", "benchmarks/many_tasks.py", *(argv or sys.argv[1:])]),
