@@ -29,6 +29,7 @@ bench: install
 	$(PY) benchmarks/balancer_cost.py --quick --out benchmarks/results/quick/balancer_cost.json
 	$(PY) benchmarks/quality.py --quick --out benchmarks/results/quick/quality.json
 	$(PY) benchmarks/stl_ensemble.py --quick --out benchmarks/results/quick/stl_ensemble.json
+	$(PY) benchmarks/many_tasks.py --quick --out benchmarks/results/quick/many_tasks.json
 
 # Each balancer / train setting / loss detail swapped for a stand-in: some test must fail (~1 min).
 mutants: install
