@@ -16,7 +16,10 @@ For each data set (benchmarks/quality.py's model and training settings for it, C
 Prints a table per data set and merges the results into
 ``benchmarks/results/relatedness_real.json`` (one entry per data set, so it can run in parts).
 
-    python benchmarks/relatedness_real.py --datasets macro star --seeds 5 --transfer macro
+    python benchmarks/relatedness_real.py --datasets macro star --seeds 5 --transfer macro \
+        --transfer-seeds 5
+    python benchmarks/relatedness_real.py --datasets star --transfer star --transfer-only
+    python benchmarks/relatedness_real.py --datasets      # only the transfer summaries
 """
 
 from __future__ import annotations
@@ -113,6 +116,18 @@ def transfer_agreement(dataset: str, seeds: int, every: int) -> dict[str, Any]:
     }
 
 
+def transfer_summary(matrices: list[list[list[float]]]) -> dict[str, float]:
+    """The transfer matrix averaged over seeds, its off-diagonal entries (% change, + = worse)."""
+    mean = np.nanmean(np.array(matrices, dtype=float), axis=0)
+    off = mean[~np.eye(len(mean), dtype=bool)]
+    return {
+        "mean": float(off.mean()),
+        "min": float(off.min()),
+        "max": float(off.max()),
+        "fraction_helps": float((off < 0).mean()),
+    }
+
+
 def _ms(values: list[float]) -> str:
     std = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{statistics.mean(values):+.2f} ± {std:.2f}"
@@ -120,16 +135,29 @@ def _ms(values: list[float]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", nargs="+", default=["macro", "star"])
+    parser.add_argument("--datasets", nargs="*", default=["macro", "star"])
     parser.add_argument("--relate-seeds", type=int, default=3)
     parser.add_argument("--seeds", type=int, default=5, help="validate_groups seeds")
     parser.add_argument("--every", type=int, default=10)
     parser.add_argument("--transfer", nargs="*", default=[], help="data sets to run transfer on")
     parser.add_argument("--transfer-seeds", type=int, default=1)
+    parser.add_argument(
+        "--transfer-only",
+        action="store_true",
+        help="only the transfer agreement, added to the data set's earlier entry",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     results = json.loads(OUT.read_text()) if OUT.exists() else {}
     for dataset in args.datasets:
+        if args.transfer_only:
+            t = transfer_agreement(dataset, args.transfer_seeds, args.every)
+            results.setdefault(dataset, {})["transfer_agreement"] = t
+            print(f"{dataset}: Spearman with transfer ({t['pairs']} pairs, {t['seeds']} seeds)")
+            for name in CHEAP:
+                print(f"    {name:10s} {_ms(t['spearman_with_transfer'][name])}")
+            OUT.write_text(json.dumps(results, indent=1, default=float))
+            continue
         m = measure(dataset, args.relate_seeds, args.every)
         groups = m["relate"]["groups"]
         print(
@@ -167,6 +195,16 @@ def main() -> None:
                 print(f"    {name:10s} {_ms(t['spearman_with_transfer'][name])}")
         results[dataset] = entry
         OUT.write_text(json.dumps(results, indent=1, default=float))
+    for dataset, entry in results.items():
+        if "transfer_agreement" in entry:
+            summary = transfer_summary(entry["transfer_agreement"]["transfer_matrices"])
+            entry["transfer_agreement"]["off_diagonal_mean_over_seeds"] = summary
+            print(
+                f"{dataset}: transfer (mean over seeds, off-diagonal, %): mean "
+                f"{summary['mean']:+.2f}, range [{summary['min']:+.2f}, {summary['max']:+.2f}], "
+                f"{summary['fraction_helps']:.0%} of the entries < 0 (pair helps)"
+            )
+    OUT.write_text(json.dumps(results, indent=1, default=float))
     print(f"written: {OUT}")
 
 
