@@ -225,6 +225,13 @@ def _size_note(label: str, size: dict[str, Any]) -> str:
     return note
 
 
+def validation_pick(ds: dict[str, Any]) -> str:
+    """The option (not per_task / finetune, which select on validation) with the best mean
+    validation Δm."""
+    fair = [o for o in OPTIONS if o in ds["methods"] and o not in ("per_task", "finetune")]
+    return min(fair, key=lambda o: ds["methods"][o]["delta_m_validation"]["mean"])
+
+
 def markdown(result: dict[str, Any]) -> str:
     """The generated part of docs/benchmarks.md's architectures section."""
     order = [d for d in q.SETTINGS if d in result["datasets"]]
@@ -252,7 +259,19 @@ def markdown(result: dict[str, Any]) -> str:
                 cell = f"**{cell}**"
             cells.append(cell)
         lines.append(f"| {option} | " + " | ".join(cells) + " |")
-    lines += ["", "Bold: the whole CI below 0.", ""]
+    cells = []
+    for d in order:
+        pick = validation_pick(result["datasets"][d])
+        dm = result["datasets"][d]["methods"][pick]["delta_m_test"]["mean"]
+        cells.append(f"{pick}: {_fmt(dm, sign=True)}")
+    lines.append("| *pick on validation* | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Bold: the whole CI below 0. *Pick on validation*: the architecture with the best mean "
+        "validation Δm (per_task and finetune left out: they choose on that split) and its test "
+        "Δm, what a user choosing honestly gets.",
+        "",
+    ]
     for d in order:
         ds = result["datasets"][d]
         rows = ds["rows"]
