@@ -123,8 +123,8 @@ def option_configs(name: str) -> tuple[Config, dict[str, Config], dict[str, dict
 
 def _not_matched_reason(size: dict[str, Any]) -> str:
     return (
-        f"closest count {size['parameters']:,} ({size['ratio']:.2f}× hard sharing) at shared "
-        f"{size['shared']}: with this many tasks its per-task parts alone exceed the budget"
+        f"no width within ±{TOLERANCE:.0%} of hard sharing's count: the closest is "
+        f"{size['parameters']:,} ({size['ratio']:.2f}×) at shared {size['shared']}"
     )
 
 
@@ -318,8 +318,8 @@ def markdown(result: dict[str, Any]) -> str:
                 for k, v in size["penalty_grid_validation_delta_m"].items()
             )
             lines += ["", f"soft_sharing λ, picked on seed 0's validation Δm: {grid}."]
-        for option, why in ds["skipped"].items():
-            lines += ["", f"Not run: {option} — {why}."]
+        for option in ds["skipped"]:
+            lines += ["", f"Not run: {option} — {_not_matched_reason(ds['sizes'][option])}."]
         if "pooled_explained_variance" in ds["methods"]["stl"]:
             pooled = ", ".join(
                 f"{m} {_fmt(e['pooled_explained_variance'][0], 3)}"
