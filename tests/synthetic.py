@@ -8,8 +8,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
+import torch.nn.functional as F
 
 import polytask as pt
+from polytask.balancing import make_balancer
 
 FEATURES = ["x0", "x1", "x2", "x3", "color"]
 SPECIES = np.array(["ant", "bee", "cat"])
@@ -83,3 +86,49 @@ def make_splits(frame: pd.DataFrame, validation: int = 40, test: int = 40) -> pt
     n_train = len(frame) - validation - test
     parts = (frame.iloc[:n_train], frame.iloc[n_train : n_train + validation], frame.iloc[-test:])
     return pt.Splits(*(p.reset_index(drop=True) for p in parts))
+
+
+def three_task_losses(packed: torch.Tensor, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Losses of tasks a (regression), b (3 classes) and c (two outputs, L1) on packed outputs
+    ``(N, 3, ≥3)``, against seeded random targets."""
+    g = torch.Generator().manual_seed(seed)
+    n = len(packed)
+    return {
+        "a": (packed[:, 0, 0] - torch.randn(n, generator=g)).pow(2).mean(),
+        "b": F.cross_entropy(packed[:, 1, :3], torch.randint(0, 3, (n,), generator=g)),
+        "c": (packed[:, 2, :2] - torch.randn(n, 2, generator=g)).abs().mean(),
+    }
+
+
+def assert_balanced_gradients(
+    model: pt.MultiTaskModel,
+    x_num: torch.Tensor,
+    x_cat: torch.Tensor,
+    balancer: str,
+    options: dict[str, Any],
+    outputs: bool,
+) -> None:
+    """After one balancer step on ``three_task_losses``, a joint parameter's gradient is
+    Σ_t w_t α_t ∇L_t with the balancer's weights w, a task-specific one's Σ_t α_t ∇L_t (its
+    own loss only), and no parameter is left without one."""
+    alphas = {"a": 1.0, "b": 2.0, "c": 0.5}
+    tasks = [pt.Task(name=n, kind="regression", weight=w) for n, w in alphas.items()]
+    packed, z = model(x_num, x_cat, packed=True, features=True)
+    losses = three_task_losses(packed)
+    params = list(model.parameters())
+    per_task = {
+        n: torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+        for n, loss in losses.items()
+    }
+    weights = make_balancer(balancer, tasks, options).backward(
+        losses, model=model, features=z, outputs=packed if outputs else None
+    )
+    _, joint = model.split_parameters()
+    joint_ids = {id(p) for p in joint}
+    weighted = balancer == "gradnorm" or not joint
+    for i, p in enumerate(params):
+        by_w = weighted or id(p) in joint_ids
+        scale = {n: alphas[n] * (weights[n] if by_w else 1.0) for n in alphas}
+        expected = sum(scale[n] * (g[i] if g[i] is not None else 0.0) for n, g in per_task.items())
+        assert p.grad is not None and bool(p.grad.abs().sum() > 0), i
+        torch.testing.assert_close(p.grad, expected, rtol=1e-4, atol=1e-6)

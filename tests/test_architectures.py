@@ -11,8 +11,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import torch.nn.functional as F
-from synthetic import FEATURES, make_config, make_frame
+from synthetic import (
+    FEATURES,
+    assert_balanced_gradients,
+    make_config,
+    make_frame,
+    three_task_losses,
+)
 from torch import nn
 
 import polytask as pt
@@ -68,16 +73,6 @@ def _inputs(n: int, cardinalities: list[int], seed: int = 0) -> tuple[torch.Tens
     g = torch.Generator().manual_seed(seed)
     x_cat = torch.stack([torch.randint(0, c, (n,), generator=g) for c in cardinalities], 1)
     return torch.randn(n, 3, generator=g), x_cat.reshape(n, len(cardinalities))
-
-
-def _losses(packed: torch.Tensor, seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    n = len(packed)
-    return {
-        "a": (packed[:, 0, 0] - torch.randn(n, generator=g)).pow(2).mean(),
-        "b": F.cross_entropy(packed[:, 1, :3], torch.randint(0, 3, (n,), generator=g)),
-        "c": (packed[:, 2, :2] - torch.randn(n, 2, generator=g)).abs().mean(),
-    }
 
 
 def grad_of(param: torch.Tensor, view: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
@@ -144,27 +139,7 @@ def test_every_parameter_gets_its_gradient(spec: str, balancer: str, options, ou
     (a network per task on one shared embedding) has task-specific parameters before z."""
     model = _model(spec, [4, 3], head=[4])
     x_num, x_cat = _inputs(16, [4, 3])
-    alphas = {"a": 1.0, "b": 2.0, "c": 0.5}
-    tasks = [pt.Task(name=n, kind="regression", weight=w) for n, w in alphas.items()]
-    packed, z = model(x_num, x_cat, packed=True, features=True)
-    losses = _losses(packed)
-    params = list(model.parameters())
-    per_task = {
-        n: torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-        for n, loss in losses.items()
-    }
-    weights = make_balancer(balancer, tasks, options).backward(
-        losses, model=model, features=z, outputs=packed if outputs else None
-    )
-    _, joint = model.split_parameters()
-    joint_ids = {id(p) for p in joint}
-    weighted = balancer == "gradnorm" or not joint
-    for i, p in enumerate(params):
-        by_w = weighted or id(p) in joint_ids
-        scale = {n: alphas[n] * (weights[n] if by_w else 1.0) for n in alphas}
-        expected = sum(scale[n] * (g[i] if g[i] is not None else 0.0) for n, g in per_task.items())
-        assert p.grad is not None and bool(p.grad.abs().sum() > 0), i
-        torch.testing.assert_close(p.grad, expected, rtol=1e-4, atol=1e-6)
+    assert_balanced_gradients(model, x_num, x_cat, balancer, options, outputs)
 
 
 class _Forgetful(HardSharing):
@@ -403,7 +378,7 @@ def _adam_steps(model: nn.Module, balancer: str, steps: int, options=None) -> No
         x_num, x_cat = _inputs(16, [4], seed=10 + step)
         packed, z = model(x_num, x_cat, packed=True, features=True)
         opt.zero_grad()
-        bal.backward(_losses(packed, seed=step), model=model, features=z, outputs=packed)
+        bal.backward(three_task_losses(packed, seed=step), model=model, features=z, outputs=packed)
         model.add_penalty_gradient()
         opt.step()
 
@@ -475,7 +450,7 @@ def _train_steps(model: MultiTaskModel, steps: int = 4) -> None:
         packed, z = model(*_inputs(16, [4], seed=10 + step), packed=True, features=True)
         full = torch.zeros(16, 3, 3)
         full[:, slots, : packed.shape[2]] = packed
-        losses = {n: v for n, v in _losses(full, seed=step).items() if n in names}
+        losses = {n: v for n, v in three_task_losses(full, seed=step).items() if n in names}
         optimizer.zero_grad()
         balancer.backward(losses, model=model, features=z)
         model.add_penalty_gradient()

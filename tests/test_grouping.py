@@ -11,11 +11,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import torch.nn.functional as F
-from synthetic import FEATURES, make_config, make_frame, make_splits
+from synthetic import (
+    FEATURES,
+    assert_balanced_gradients,
+    make_config,
+    make_frame,
+    make_splits,
+    three_task_losses,
+)
 
 import polytask as pt
-from polytask.balancing import make_balancer
 from polytask.models import GroupedHardSharing, check_parameter_groups
 
 OUT_DIMS = {"a": 1, "b": 3, "c": 2}
@@ -44,16 +49,6 @@ def _inputs(n: int, cardinalities=(4, 3), seed: int = 0) -> tuple[torch.Tensor, 
     g = torch.Generator().manual_seed(seed)
     x_cat = torch.stack([torch.randint(0, c, (n,), generator=g) for c in cardinalities], 1)
     return torch.randn(n, 3, generator=g), x_cat
-
-
-def _losses(packed: torch.Tensor, seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    n = len(packed)
-    return {
-        "a": (packed[:, 0, 0] - torch.randn(n, generator=g)).pow(2).mean(),
-        "b": F.cross_entropy(packed[:, 1, :3], torch.randint(0, 3, (n,), generator=g)),
-        "c": (packed[:, 2, :2] - torch.randn(n, 2, generator=g)).abs().mean(),
-    }
 
 
 def _base(view: torch.Tensor) -> torch.Tensor:
@@ -134,7 +129,7 @@ def test_singleton_groups_are_independent_networks() -> None:
     nothing is joint, and each network computes what it computes alone."""
     model = _model(GROUPINGS["singletons"])
     x_num, x_cat = _inputs(11)
-    losses = _losses(model(x_num, x_cat, packed=True))
+    losses = three_task_losses(model(x_num, x_cat, packed=True))
     own_a = [*model.encoders[0].parameters(), *model.trunks[0].parameters()]
     grads = torch.autograd.grad(losses["b"], own_a, allow_unused=True)
     assert all(g is None or not bool(g.abs().sum() > 0) for g in grads)
@@ -156,7 +151,7 @@ def test_a_singleton_trunk_is_outside_z_and_an_attached_task_reads_every_trunk()
     attached = _model(GROUPINGS["attached"])
     assert attached.attached == ["c"] and attached.shared_groups == [0, 1]
     x_num, x_cat = _inputs(5)
-    losses = _losses(attached(x_num, x_cat, packed=True))
+    losses = three_task_losses(attached(x_num, x_cat, packed=True))
     for g in (0, 1):
         (grad,) = torch.autograd.grad(
             losses["c"], [attached.trunks[g][0].weight], retain_graph=True
@@ -183,27 +178,7 @@ def test_every_parameter_gets_its_gradient(groups, balancer: str, options, outpu
     the singleton's zero row on the joint parameters were in its Jacobian."""
     model = _model(groups)
     x_num, x_cat = _inputs(16)
-    alphas = {"a": 1.0, "b": 2.0, "c": 0.5}
-    tasks = [pt.Task(name=n, kind="regression", weight=w) for n, w in alphas.items()]
-    packed, z = model(x_num, x_cat, packed=True, features=True)
-    losses = _losses(packed)
-    params = list(model.parameters())
-    per_task = {
-        n: torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-        for n, loss in losses.items()
-    }
-    weights = make_balancer(balancer, tasks, options).backward(
-        losses, model=model, features=z, outputs=packed if outputs else None
-    )
-    _, joint = model.split_parameters()
-    joint_ids = {id(p) for p in joint}
-    weighted = balancer == "gradnorm" or not joint
-    for i, p in enumerate(params):
-        by_w = weighted or id(p) in joint_ids
-        scale = {n: alphas[n] * (weights[n] if by_w else 1.0) for n in alphas}
-        expected = sum(scale[n] * (g[i] if g[i] is not None else 0.0) for n, g in per_task.items())
-        assert p.grad is not None and bool(p.grad.abs().sum() > 0), i
-        torch.testing.assert_close(p.grad, expected, rtol=1e-4, atol=1e-6)
+    assert_balanced_gradients(model, x_num, x_cat, balancer, options, outputs)
 
 
 # ---- through fit ----------------------------------------------------------------------------
