@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -31,6 +31,23 @@ def _known(name: str, registry: Mapping[str, Any], what: str) -> str:
     if name not in registry:
         raise ValueError(f"{name!r} is not {what} ({one_of(registry)})")
     return name
+
+
+def _registry_options(
+    validate: Callable[[str, dict[str, Any]], Any],
+    name: str | None,
+    options: dict[str, Any],
+    prefix: str,
+) -> dict[str, Any]:
+    """A field validator's body for a registry entry's options: ``validate``'s ConfigError,
+    less its ``prefix``, as the ValueError pydantic reports at the options field."""
+    if name is None:  # the name itself was invalid and is reported on its own
+        return options
+    try:
+        validate(name, options)
+    except ConfigError as exc:
+        raise ValueError(str(exc).removeprefix(prefix)) from None
+    return options
 
 
 class _Section(BaseModel, metaclass=FriendlyErrors):
@@ -129,13 +146,7 @@ class ModelConfig(_Section):
         from .models import validate_architecture_options
 
         name = info.data.get("architecture")
-        if name is None:  # the name itself was invalid and is reported on its own
-            return options
-        try:
-            validate_architecture_options(name, options)
-        except ConfigError as exc:
-            raise ValueError(str(exc).removeprefix("model.options.")) from None
-        return options
+        return _registry_options(validate_architecture_options, name, options, "model.options.")
 
     @model_validator(mode="after")
     def _linear_path_of_hard_sharing(self) -> ModelConfig:
@@ -237,13 +248,9 @@ class TrainConfig(_Section):
         from .balancing import validate_balancer_options
 
         name = info.data.get("balancer")
-        if name is None:  # the name itself was invalid and is reported on its own
-            return options
-        try:
-            validate_balancer_options(name, options)
-        except ConfigError as exc:
-            raise ValueError(str(exc).removeprefix("train.balancer_options.")) from None
-        return options
+        return _registry_options(
+            validate_balancer_options, name, options, "train.balancer_options."
+        )
 
 
 def _known_kind(kind: str | None) -> str | None:

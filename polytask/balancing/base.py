@@ -20,10 +20,10 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
-from ..errors import ConfigError, one_of
+from ..errors import ConfigError, one_of, parse_options
 from ..tasks import Task
 
 
@@ -120,17 +120,9 @@ def validate_balancer_options(name: str, options: Mapping[str, Any]) -> BaseMode
     """The balancer's options model, or a ConfigError naming the option and the allowed ones."""
     if name not in BALANCERS:
         raise ConfigError(f"train.balancer: {name!r} is not a balancer ({one_of(BALANCERS)})")
-    cls = BALANCERS[name]
-    try:
-        return cls.Options(**options)
-    except ValidationError as exc:
-        allowed = one_of(cls.Options.model_fields) or "none"
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"])
-        msg = "unknown option" if err["type"] == "extra_forbidden" else err["msg"]
-        raise ConfigError(
-            f"train.balancer_options.{field}: {msg} (options of {name!r}: {allowed})"
-        ) from None
+    return parse_options(
+        BALANCERS[name].Options, options, field="train.balancer_options", owner=name
+    )
 
 
 def make_balancer(

@@ -9,10 +9,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from ..errors import ConfigError, one_of
+from ..errors import ConfigError, one_of, parse_options
 from .columns import CrossStitch, SoftSharing
 from .grouped import GroupedHardSharing
 from .hard_sharing import HardSharing
@@ -72,17 +72,7 @@ def validate_architecture_options(name: str, options: Mapping[str, Any]) -> Base
         raise ConfigError(
             f"model.architecture: {name!r} is not an architecture ({one_of(ARCHITECTURES)})"
         )
-    cls = ARCHITECTURES[name].Options
-    try:
-        return cls(**options)
-    except ValidationError as exc:
-        allowed = one_of(cls.model_fields) or "none"
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"])
-        msg = "unknown option" if err["type"] == "extra_forbidden" else err["msg"]
-        raise ConfigError(
-            f"model.options.{field}: {msg} (options of {name!r}: {allowed})"
-        ) from None
+    return parse_options(ARCHITECTURES[name].Options, options, field="model.options", owner=name)
 
 
 def _encoder(spec: ModelConfig, inputs: Inputs) -> TabularInput:
