@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -132,3 +135,24 @@ def assert_balanced_gradients(
         expected = sum(scale[n] * (g[i] if g[i] is not None else 0.0) for n, g in per_task.items())
         assert p.grad is not None and bool(p.grad.abs().sum() > 0), i
         torch.testing.assert_close(p.grad, expected, rtol=1e-4, atol=1e-6)
+
+
+TORCHRUN = Path(sys.executable).parent / "torchrun"
+needs_torchrun = pytest.mark.skipif(
+    not (torch.distributed.is_available() and TORCHRUN.is_file()), reason="needs torchrun"
+)
+
+
+def run_on_two_ranks(script: str, directory: Path, *args: str) -> None:
+    """Run ``script`` (Python source) under torchrun with 2 local ranks, the directory and
+    ``args`` as its arguments; fail the test with the ranks' output tails if it fails."""
+    path = directory / "ddp_script.py"
+    path.write_text(script)
+    result = subprocess.run(
+        [str(TORCHRUN), "--standalone", "--nproc_per_node", "2", str(path), str(directory), *args],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=directory,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -4,20 +4,16 @@ with batch B train the network that one process trains with batch 2B."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 import torch
 from safetensors.torch import load_file
+from synthetic import needs_torchrun, run_on_two_ranks
 
 import polytask as pt
-
-TORCHRUN = Path(sys.executable).parent / "torchrun"
 
 SCRIPT = textwrap.dedent(
     """
@@ -86,20 +82,9 @@ SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.mark.skipif(
-    not (torch.distributed.is_available() and TORCHRUN.is_file()), reason="needs torchrun"
-)
+@needs_torchrun
 def test_torchrun_trains_one_model_on_two_ranks(tmp_path: Path) -> None:
-    script = tmp_path / "ddp_fit.py"
-    script.write_text(SCRIPT)
-    result = subprocess.run(
-        [str(TORCHRUN), "--standalone", "--nproc_per_node", "2", str(script), str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run_on_two_ranks(SCRIPT, tmp_path)
 
     for name in ("odd", "even", "even_mmoe", "stitch_upgrad"):
         rank0 = load_file(tmp_path / f"rank0_{name}.safetensors")
@@ -244,24 +229,10 @@ BALANCER_SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.mark.skipif(
-    not (torch.distributed.is_available() and TORCHRUN.is_file()), reason="needs torchrun"
-)
+@needs_torchrun
 def test_two_ranks_share_balancer_state_masked_means_and_decisions(tmp_path: Path) -> None:
-    script = tmp_path / "ddp_balancers.py"
-    script.write_text(BALANCER_SCRIPT)
     balancers = ("gradnorm", "dwa", "famo", "uncertainty", "pcgrad")
-    result = subprocess.run(
-        [
-            *(str(TORCHRUN), "--standalone", "--nproc_per_node", "2"),
-            *(str(script), str(tmp_path), ",".join(balancers)),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run_on_two_ranks(BALANCER_SCRIPT, tmp_path, ",".join(balancers))
 
     # uneven labels: the ranks' step is the step of the global masked mean on the union batch
     for balancer in ("fixed", "famo"):

@@ -6,8 +6,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -16,7 +14,15 @@ import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
-from synthetic import ALL_TASKS, FEATURES, make_config, make_frame, make_splits
+from synthetic import (
+    ALL_TASKS,
+    FEATURES,
+    make_config,
+    make_frame,
+    make_splits,
+    needs_torchrun,
+    run_on_two_ranks,
+)
 
 import polytask as pt
 from polytask.baselines import stl_config
@@ -26,7 +32,6 @@ from polytask.models import build_model
 from polytask.train import finetune_tasks, prepare, primary_scorer
 
 MAIN = [t for t in ALL_TASKS if t.is_main]
-TORCHRUN = Path(sys.executable).parent / "torchrun"
 
 
 def _splits(seed: int = 3) -> pt.Splits:
@@ -366,20 +371,9 @@ DDP_SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.mark.skipif(
-    not (torch.distributed.is_available() and TORCHRUN.is_file()), reason="needs torchrun"
-)
+@needs_torchrun
 def test_two_ranks_select_and_finetune_alike(tmp_path: Path) -> None:
-    script = tmp_path / "ddp_select.py"
-    script.write_text(DDP_SCRIPT)
-    result = subprocess.run(
-        [str(TORCHRUN), "--standalone", "--nproc_per_node", "2", str(script), str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run_on_two_ranks(DDP_SCRIPT, tmp_path)
     rank0, rank1 = (load_file(tmp_path / f"rank{r}.safetensors") for r in (0, 1))
     assert rank0.keys() == rank1.keys() and rank0
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
