@@ -26,9 +26,10 @@ groups they help.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .balancing import Balancer, make_balancer
+from .balancing import Balancer
 from .balancing.jacobian import task_jacobian
 from .config import Config
 from .data import Splits, TaskData
@@ -493,6 +494,29 @@ def rank_correlation(profiles: np.ndarray) -> np.ndarray:
 
 
 # ---- one training run -----------------------------------------------------------------------
+@contextlib.contextmanager
+def recording(
+    trainer: Any, *, every: int = 10, gradient: bool = True, lookahead: bool = False
+) -> Iterator[_Recorder]:
+    """Inside the block, ``trainer`` (a ``train.Trainer``) records the gradient and/or
+    lookahead measures every ``every`` steps while it trains; its balancer takes the same steps.
+    The recorder's ``matrices()`` gives them after; the trainer is restored on exit."""
+    names = list(trainer.model.task_names)
+    recorder = _Recorder(
+        trainer.balancer, names, every=every, gradient=gradient, lookahead=lookahead
+    )
+    recorder.optimizer = trainer.optimizer
+    losses = trainer.losses
+    recorder.losses = _LastLosses(losses)
+    trainer.balancer, trainer.losses = recorder, recorder.losses
+    hook = trainer.model.register_forward_pre_hook(recorder.remember_inputs, with_kwargs=True)
+    try:
+        yield recorder
+    finally:
+        hook.remove()
+        trainer.balancer, trainer.losses = recorder.inner, losses
+
+
 @dataclass
 class _Recorded:
     tasks: list[str]
@@ -534,25 +558,12 @@ def _record_run(
         out_dims=preprocessor.output_dims(),
         heads={t.name: t.head for t in preprocessor.tasks if t.head is not None},
     )
-    names = list(model.task_names)
-    inner = make_balancer(config.train.balancer, tasks, config.train.balancer_options)
-    recorder = _Recorder(
-        inner,
-        names,
-        every=every,
-        gradient="gradient" in measures,
-        lookahead="lookahead" in measures,
-    )
-    trainer = Trainer(model, tasks, config.train, balancer=recorder, callback=callback)
-    recorder.optimizer = trainer.optimizer
-    recorder.losses = _LastLosses(trainer.losses)
-    trainer.losses = recorder.losses  # type: ignore[assignment]
-    hook = trainer.model.register_forward_pre_hook(recorder.remember_inputs, with_kwargs=True)
+    trainer = Trainer(model, tasks, config.train, callback=callback)
     started = time.perf_counter()
-    try:
+    with recording(
+        trainer, every=every, gradient="gradient" in measures, lookahead="lookahead" in measures
+    ) as recorder:
         trainer.fit(encoded["train"], encoded.get("validation"))
-    finally:
-        hook.remove()
     seconds = {"train": time.perf_counter() - started, **recorder.seconds}
     found = recorder.matrices()
     held_out = "validation" if "validation" in encoded else "train"
@@ -562,6 +573,7 @@ def _record_run(
         found["hidden"] = rank_correlation(hidden_sensitivity(trainer.model, data))
         seconds["hidden"] = time.perf_counter() - started
     main = [t.name for t in tasks if t.is_main]
+    names = list(model.task_names)
     return _Recorded(names, main, found, seconds, recorder.steps, recorder.recorded, held_out)
 
 

@@ -15,6 +15,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -697,6 +698,7 @@ def fit(
     callback: Callable[[dict[str, float]], None] | None = None,
     resume: bool = False,
     overwrite: bool = False,
+    instrument: Callable[[Trainer], AbstractContextManager[Any]] | None = None,
 ) -> io.Run:
     """Train the configured multi-task model and return the run (saved to ``out`` if given).
 
@@ -705,6 +707,8 @@ def fit(
     tables (fitted on the training table) and saved in the run; ``trunk`` plugs in a user's own
     shared ``nn.Module``, or a factory called with the encoded input width. An ``out`` that
     already holds a run is an error unless ``resume`` or ``overwrite`` is set.
+    ``instrument(trainer)``: a context manager entered around the training loop (``plan``
+    records the relatedness measures of its all-in-one runs with ``relate.recording``).
     """
     init_distributed()
     if out is not None and _distributed()[0] == 0:
@@ -738,13 +742,14 @@ def fit(
     if per_task and "validation" not in encoded:
         raise ConfigError(NO_VALIDATION_TO_SELECT)
     started = time.perf_counter()
-    history = trainer.fit(
-        encoded["train"],
-        encoded.get("validation"),
-        checkpoint_dir=checkpoint_dir,
-        resume=resume,
-        scorer=primary_scorer(config, preprocessor) if per_task else None,
-    )
+    with instrument(trainer) if instrument is not None else contextlib.nullcontext():
+        history = trainer.fit(
+            encoded["train"],
+            encoded.get("validation"),
+            checkpoint_dir=checkpoint_dir,
+            resume=resume,
+            scorer=primary_scorer(config, preprocessor) if per_task else None,
+        )
     joint = {k: v.detach().cpu() for k, v in trainer.model.state_dict().items()}
     selected = {  # each main task's weights where they are not the joint model's
         name: {**joint, **history.snapshots[epoch]}
