@@ -67,6 +67,9 @@ class Comparison:
     seeds: list[int]
     scores: dict[str, dict[str, list[dict[str, float]]]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    #: What the ``stl`` and ``mtl`` slots hold, in words (``plan`` also compares itself with
+    #: the all-in-one model in these slots: the schema stays the same).
+    labels: tuple[str, str] = ("STL", "MTL")
 
     @property
     def main_tasks(self) -> list[Task]:
@@ -111,6 +114,8 @@ class Comparison:
             "few_test_rows_threshold": FEW_TEST_ROWS,
             "seeds": self.seeds,
             "seconds": self.seconds,
+            "baseline": self.labels[0],
+            "method": self.labels[1],
             "tasks": tasks,
         }
         result["warnings"] = _warnings(tasks, len(self.seeds))
@@ -213,17 +218,18 @@ def summary(result: dict[str, Any]) -> str:
     dm, (lo, hi) = result["delta_m_percent"], result["delta_m_ci95"]
     verdict, seeds = result["delta_m_verdict"], len(result["seeds"])
     level = f"{1 - result['alpha']:.0%}"
+    b, m = result.get("baseline", "STL"), result.get("method", "MTL")
     interval = f"Δm = {dm:+.2f}%, {level} CI [{lo:+.2f}, {hi:+.2f}] over {seeds} seeds"
     if verdict == NOT_SCORED:
         overall = "Δm could not be computed (no main task has a defined relative change)"
     elif verdict == BETTER:
-        overall = f"on average MTL is significantly better than STL ({interval})"
+        overall = f"on average {m} is significantly better than {b} ({interval})"
     elif verdict == WORSE:
-        overall = f"on average MTL is significantly WORSE than STL ({interval})"
+        overall = f"on average {m} is significantly WORSE than {b} ({interval})"
     elif verdict == TIE:
-        overall = f"MTL and STL scored identically in every seed (Δm = {dm:+.2f}%)"
+        overall = f"{m} and {b} scored identically in every seed (Δm = {dm:+.2f}%)"
     elif verdict == NO_DIFFERENCE:
-        overall = f"no significant difference between MTL and STL on average ({interval}; "
+        overall = f"no significant difference between {m} and {b} on average ({interval}; "
         overall += "the interval includes 0)"
     else:
         overall = f"Δm = {dm:+.2f}% from a single seed: {verdict}"
@@ -233,7 +239,7 @@ def summary(result: dict[str, Any]) -> str:
     by = {v: [k for k, t in tasks.items() if t["verdict"] == v] for v in _COUNTED}
     if by[BETTER] or by[WORSE] or by[NO_DIFFERENCE]:
         counts = [
-            f"MTL significantly better on {len(by[BETTER])}/{n}{_named(by[BETTER])}",
+            f"{m} significantly better on {len(by[BETTER])}/{n}{_named(by[BETTER])}",
             f"significantly worse on {len(by[WORSE])}/{n}{_named(by[WORSE])}",
             f"no significant difference on {len(by[NO_DIFFERENCE])}/{n}",
         ]

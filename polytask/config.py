@@ -461,6 +461,9 @@ class Config(_Section):
         ).model_dump(mode="json", by_alias=True)
         if data.get("signals") is None:
             data.pop("signals", None)
+        if self.data.dataset is not None:  # its splits are fixed: the file keys are not allowed
+            for key in (*_FILE_ONLY, "train"):
+                data["data"].pop(key, None)
         return yaml.safe_dump(data, sort_keys=False)
 
 

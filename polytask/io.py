@@ -438,10 +438,15 @@ def versions() -> dict[str, str]:
 def load(directory: str | Path, *, trunk: Trunk | None = None) -> Run:
     """Restore a saved run. ``trunk`` is required when the run was trained with a custom trunk
     (its code cannot live in the run directory): pass the same module, newly constructed, or
-    the factory that built it."""
+    the factory that built it. A ``plan``'s run directory gives a ``plan.PlanRun``, which
+    predicts and scores as a ``Run`` does."""
     directory = Path(directory)
     if not directory.is_dir():
         raise RunError(f"run directory {str(directory)!r} does not exist")
+    if (directory / "members.json").is_file():
+        from .plan import load_plan_run
+
+        return load_plan_run(directory)  # type: ignore[return-value]
     meta = _read_json(directory / "model.json")
     if meta.get("custom_trunk") and trunk is None:
         raise RunError(
