@@ -241,6 +241,9 @@ class MultiTaskClassifier(ClassifierMixin, _MultiTaskBase):
         for name, column in zip(names, columns, strict=True):
             labelled = ~pd.isna(column)
             values = column[labelled]
+            if values.dtype == object and not all(isinstance(v, str) for v in values):
+                native = np.asarray(values.tolist())  # numbers held in an object array
+                values = native if native.dtype.kind in "biuf" else values
             check_classification_targets(values)
             found = np.unique(values)
             if len(found) < 2:
