@@ -30,7 +30,6 @@ from sklearn.utils.validation import (
 
 from .config import Config, DataConfig, ModelConfig, TrainConfig
 from .data import _label_key
-from .io import Run
 from .tasks import Task
 from .train import fit as _fit_run
 

@@ -51,10 +51,8 @@ def regression_data(n: int = 200, seed: int = 0) -> tuple[np.ndarray, np.ndarray
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(n, 4))
     shared = X[:, 0] - 0.5 * X[:, 1]
-    Y = np.column_stack(
-        [5 + 2 * shared + X[:, 2], 3 + 2 * shared - X[:, 3]]
-    ) + 0.05 * rng.normal(size=(n, 2))
-    return X, Y
+    Y = np.column_stack([5 + 2 * shared + X[:, 2], 3 + 2 * shared - X[:, 3]])
+    return X, Y + 0.05 * rng.normal(size=(n, 2))
 
 
 def classification_data(n: int = 240, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -156,9 +154,7 @@ def test_set_params_changes_the_trained_model() -> None:
 
 def test_grid_search_picks_the_better_setting_and_refits() -> None:
     X, Y = regression_data()
-    search = GridSearchCV(
-        MultiTaskRegressor(**FAST), {"epochs": [1, 60]}, cv=2
-    ).fit(X, Y)
+    search = GridSearchCV(MultiTaskRegressor(**FAST), {"epochs": [1, 60]}, cv=2).fit(X, Y)
     assert search.best_params_ == {"epochs": 60}
     assert search.best_estimator_.n_iter_ == 60
     assert search.best_estimator_.run_ is not None
