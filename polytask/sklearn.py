@@ -11,6 +11,7 @@ it is written to disk only when ``run_dir`` is given.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -149,9 +150,10 @@ class _MultiTaskBase(BaseEstimator):
                 f"{type(self).__name__} requires y to be passed, but the target y is None"
             )
         features = self._features(X, reset=True)
-        names, columns, self._one_output = _target_columns(Y, numeric=numeric)
-        check_consistent_length(features, columns[0])
-        tasks, labels = self._make_tasks(names, columns)
+        targets = _target_columns(Y, numeric=numeric)
+        check_consistent_length(features, targets.columns[0])
+        self._one_output = targets.one_dimensional
+        tasks, labels = self._make_tasks(targets)
         taken = sorted(set(labels) & set(features.columns))
         if taken:
             raise ValueError(
@@ -164,11 +166,10 @@ class _MultiTaskBase(BaseEstimator):
         self.run_ = _fit_run(config, frame=frame, out=out, overwrite=out is not None)
         self.tasks_ = list(self.run_.tasks)
         self.n_iter_ = 0 if self.run_.history is None else len(self.run_.history)
-        return columns
+        return targets.columns
 
-    def _make_tasks(
-        self, names: list[str], columns: list[np.ndarray]
-    ) -> tuple[list[Task], dict[str, np.ndarray]]:
+    def _make_tasks(self, targets: _Targets) -> tuple[list[Task], dict[str, np.ndarray]]:
+        """The tasks for Y's columns, and the label columns polytask reads, by name."""
         raise NotImplementedError
 
     def _outputs(self, X: Any) -> dict[str, np.ndarray]:
@@ -199,12 +200,10 @@ class MultiTaskRegressor(RegressorMixin, _MultiTaskBase):
         self._train(X, Y, numeric=True)
         return self
 
-    def _make_tasks(
-        self, names: list[str], columns: list[np.ndarray]
-    ) -> tuple[list[Task], dict[str, np.ndarray]]:
-        self.n_outputs_ = len(names)
-        tasks = [Task(name=name, kind="regression") for name in names]
-        return tasks, dict(zip(names, columns, strict=True))
+    def _make_tasks(self, targets: _Targets) -> tuple[list[Task], dict[str, np.ndarray]]:
+        self.n_outputs_ = len(targets.names)
+        tasks = [Task(name=name, kind="regression") for name in targets.names]
+        return tasks, dict(zip(targets.names, targets.columns, strict=True))
 
     def predict(self, X: Any) -> np.ndarray:
         """Predicted values, shape ``(n,)`` or ``(n, n_outputs)``."""
@@ -213,7 +212,7 @@ class MultiTaskRegressor(RegressorMixin, _MultiTaskBase):
 
     def score(self, X: Any, y: Any, sample_weight: Any = None) -> float:
         """Mean over outputs of R² on each output's labelled rows."""
-        _, truth, _ = _target_columns(y, numeric=True)
+        truth = _target_columns(y, numeric=True).columns
         predicted = _as_columns(self.predict(X))
         weights = _weights(sample_weight, truth[0])
         return _mean_over_outputs(truth, predicted, weights, ["regression"] * len(truth))
@@ -233,11 +232,9 @@ class MultiTaskClassifier(ClassifierMixin, _MultiTaskBase):
         self._train(X, Y, numeric=False)
         return self
 
-    def _make_tasks(
-        self, names: list[str], columns: list[np.ndarray]
-    ) -> tuple[list[Task], dict[str, np.ndarray]]:
+    def _make_tasks(self, targets: _Targets) -> tuple[list[Task], dict[str, np.ndarray]]:
         tasks, labels, classes = [], {}, []
-        for name, column in zip(names, columns, strict=True):
+        for name, column in zip(targets.names, targets.columns, strict=True):
             labelled = ~pd.isna(column)
             values = column[labelled]
             if values.dtype == object and not all(isinstance(v, str) for v in values):
@@ -257,7 +254,7 @@ class MultiTaskClassifier(ClassifierMixin, _MultiTaskBase):
             tasks.append(Task(name=name, kind=kind, classes=list(range(len(found)))))
             labels[name] = codes
             classes.append(found)
-        self.n_outputs_ = len(names)
+        self.n_outputs_ = len(targets.names)
         self.classes_ = classes[0] if self._one_output else classes
         return tasks, labels
 
@@ -291,7 +288,7 @@ class MultiTaskClassifier(ClassifierMixin, _MultiTaskBase):
 
     def score(self, X: Any, y: Any, sample_weight: Any = None) -> float:
         """Mean over outputs of the accuracy on each output's labelled rows."""
-        _, truth, _ = _target_columns(y, numeric=False)
+        truth = _target_columns(y, numeric=False).columns
         predicted = _as_columns(self.predict(X))
         weights = _weights(sample_weight, truth[0])
         return _mean_over_outputs(truth, predicted, weights, ["binary"] * len(truth))
@@ -375,12 +372,11 @@ class MultiTaskEstimator(_MultiTaskBase):
             return [Task(name=name, kind="regression") for name in names]
         return [t if isinstance(t, Task) else Task(**t) for t in self.tasks]
 
-    def _make_tasks(
-        self, names: list[str], columns: list[np.ndarray]
-    ) -> tuple[list[Task], dict[str, np.ndarray]]:
+    def _make_tasks(self, targets: _Targets) -> tuple[list[Task], dict[str, np.ndarray]]:
+        names = targets.names
         tasks = self._declared_tasks(names)
         wanted = [c for t in tasks for c in t.columns]
-        if names == [f"y{i}" for i in range(len(names))] or self._one_output:  # positional Y
+        if not targets.named or targets.one_dimensional:  # Y's columns are the tasks' in order
             if len(names) != len(wanted):
                 raise ValueError(
                     f"Y has {len(names)} column(s) but the tasks have {len(wanted)} target "
@@ -405,7 +401,7 @@ class MultiTaskEstimator(_MultiTaskBase):
         self.target_names_ = [c for t in tasks if t.is_main for c in t.columns]
         self.n_outputs_ = len(self.target_names_)
         self._one_output = self._one_output and self.n_outputs_ == 1
-        return tasks, dict(zip(names, columns, strict=True))
+        return tasks, dict(zip(names, targets.columns, strict=True))
 
     def predict(self, X: Any) -> np.ndarray:
         """One column per main task's target column (``target_names_``); 1-D for a 1-D Y."""
@@ -426,9 +422,10 @@ class MultiTaskEstimator(_MultiTaskBase):
     def score(self, X: Any, y: Any, sample_weight: Any = None) -> float:
         """Mean over main tasks of R² (regression, count) or accuracy (the other kinds)."""
         check_is_fitted(self, "run_")
-        names, truth, _ = _target_columns(y, numeric=False)
-        if isinstance(y, pd.DataFrame):
-            by_name = dict(zip(names, truth, strict=True))
+        targets = _target_columns(y, numeric=False)
+        truth = targets.columns
+        if targets.named and not targets.one_dimensional:
+            by_name = dict(zip(targets.names, truth, strict=True))
             missing = [c for c in self.target_names_ if c not in by_name]
             if missing:
                 raise ValueError(f"Y lacks the target columns {missing}")
@@ -451,10 +448,19 @@ class MultiTaskEstimator(_MultiTaskBase):
 
 
 # ---- helpers ----------------------------------------------------------------------------
-def _target_columns(Y: Any, *, numeric: bool) -> tuple[list[str], list[np.ndarray], bool]:
-    """Y's column names (its own when a DataFrame or a named Series, else ``y`` / ``y0``,
-    ``y1``…), its columns (float for ``numeric``, NaN kept as missing labels) and whether Y
-    was one-dimensional."""
+@dataclass
+class _Targets:
+    """Y as columns (NaN kept: a missing label), with names: Y's own (``named``: a DataFrame
+    with string column names, a named Series), else ``y`` for a 1-D Y, ``y0``, ``y1``… ."""
+
+    names: list[str]
+    columns: list[np.ndarray]
+    one_dimensional: bool
+    named: bool
+
+
+def _target_columns(Y: Any, *, numeric: bool) -> _Targets:
+    """Y checked by sklearn (float for ``numeric``; infinities refused, NaN allowed)."""
     dtype = np.float64 if numeric else None
 
     def column(values: Any) -> np.ndarray:
@@ -465,15 +471,20 @@ def _target_columns(Y: Any, *, numeric: bool) -> tuple[list[str], list[np.ndarra
     if isinstance(Y, pd.DataFrame):
         own = all(isinstance(c, str) for c in Y.columns)
         names = [str(c) if own else f"y{i}" for i, c in enumerate(Y.columns)]
-        return names, [column(Y.iloc[:, i].to_numpy()) for i in range(Y.shape[1])], False
+        columns = [column(Y.iloc[:, i].to_numpy()) for i in range(Y.shape[1])]
+        if not columns:
+            raise ValueError("Y has no columns")
+        return _Targets(names, columns, one_dimensional=False, named=own)
     if isinstance(Y, pd.Series):
-        return [Y.name if isinstance(Y.name, str) else "y"], [column(Y.to_numpy())], True
+        own = isinstance(Y.name, str)
+        return _Targets([Y.name if own else "y"], [column(Y.to_numpy())], True, named=own)
     array = column(Y)
     if array.ndim == 1:
-        return ["y"], [array], True
+        return _Targets(["y"], [array], one_dimensional=True, named=False)
     if array.ndim != 2 or array.shape[1] == 0:
         raise ValueError(f"Y must be 1-D or 2-D with at least one column, got shape {array.shape}")
-    return [f"y{i}" for i in range(array.shape[1])], list(array.T), False
+    names = [f"y{i}" for i in range(array.shape[1])]
+    return _Targets(names, list(array.T), one_dimensional=False, named=False)
 
 
 def _as_columns(predicted: np.ndarray) -> list[np.ndarray]:
