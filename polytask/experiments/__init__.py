@@ -6,7 +6,15 @@ writes ``out/result.json`` (settings, per-seed numbers, contrasts with mean ± s
 t-test and 95% interval, and a verdict computed from them) and the experiment's plots.
 """
 
-from . import amplification, eavesdropping, inputs_as_outputs  # noqa: F401  (each registers)
+from . import (  # noqa: F401  (each module registers its experiment)
+    amplification,
+    attribute_selection,
+    eavesdropping,
+    inputs_as_outputs,
+    learning_speed,
+    noise_task,
+    shuffle_control,
+)
 from .base import EXPERIMENTS, Experiment, register_experiment, run_experiment
 
 __all__ = ["EXPERIMENTS", "Experiment", "register_experiment", "run_experiment"]

@@ -49,7 +49,13 @@ def generate(seed: int, n_train: int, noise: float = 0.1) -> tuple[pd.DataFrame,
 def settings(quick: bool) -> dict[str, Any]:
     if quick:
         return {"n_train": [80], "epochs": 30, "shared": [32], "patience": 30, "noise": 0.1}
-    return {"n_train": [100, 300], "epochs": 300, "shared": [32], "patience": 30, "noise": 0.1}
+    return {
+        "n_train": [100, 300, 1000],
+        "epochs": 300,
+        "shared": [32],
+        "patience": 30,
+        "noise": 0.1,
+    }
 
 
 def verdict(contrasts: Sequence[dict[str, Any]]) -> str:

@@ -100,6 +100,7 @@ def run(seeds: Sequence[int], out: Path, quick: bool) -> dict[str, Any]:
             "patience": s["patience"],
             "batch_size": s["batch_size"],
             "lr": 3e-3,
+            "activation": "tanh",
         }
         extra_output = config(
             splits,
@@ -143,7 +144,7 @@ def run(seeds: Sequence[int], out: Path, quick: bool) -> dict[str, Any]:
             "n_validation": N_VALIDATION,
             "n_test": N_TEST,
             "lr": 3e-3,
-            "activation": "relu",
+            "activation": "tanh",
         },
         "reference_rmse": CARUANA_RMSE,
         "per_seed": rows,
