@@ -58,6 +58,7 @@ class _MultiTaskBase(BaseEstimator):
         weight_decay: float = 0.0,
         validation_fraction: float = 0.1,
         patience: int | None = 10,
+        impute: bool = False,
         device: str = "auto",
         random_state: int | np.random.RandomState | None = None,
         run_dir: str | Path | None = None,
@@ -77,6 +78,7 @@ class _MultiTaskBase(BaseEstimator):
         self.weight_decay = weight_decay
         self.validation_fraction = validation_fraction
         self.patience = patience
+        self.impute = impute
         self.device = device
         self.random_state = random_state
         self.run_dir = run_dir
@@ -86,6 +88,7 @@ class _MultiTaskBase(BaseEstimator):
         tags.target_tags.required = True
         tags.target_tags.single_output = True
         tags.target_tags.multi_output = True
+        tags.input_tags.allow_nan = bool(self.impute)
         return tags
 
     # ---- inputs -------------------------------------------------------------------------
@@ -101,7 +104,8 @@ class _MultiTaskBase(BaseEstimator):
             pd.api.types.is_numeric_dtype(t) or pd.api.types.is_bool_dtype(t) for t in X.dtypes
         )
         if numeric:
-            array = validate_data(self, X, reset=reset, dtype=np.float64)
+            finite = "allow-nan" if self.impute else True
+            array = validate_data(self, X, reset=reset, dtype=np.float64, ensure_all_finite=finite)
             return pd.DataFrame(array, columns=self._feature_names())
         validate_data(self, X, reset=reset, skip_check_array=True)
         frame = X.reset_index(drop=True)
@@ -118,6 +122,7 @@ class _MultiTaskBase(BaseEstimator):
                 validation_fraction=self.validation_fraction,
                 test_fraction=0.0,
                 split_seed=int(seed),
+                impute=self.impute,
             ),
             tasks=tasks,
             model=ModelConfig(
@@ -227,6 +232,11 @@ class MultiTaskClassifier(ClassifierMixin, _MultiTaskBase):
     outputs of the accuracy on each output's labelled rows.
     """
 
+    def __sklearn_tags__(self) -> Tags:
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_label = True  # a 0/1 indicator column is a binary task
+        return tags
+
     def fit(self, X: Any, Y: Any) -> MultiTaskClassifier:
         """Train on X and Y; returns self."""
         self._train(X, Y, numeric=False)
@@ -326,6 +336,7 @@ class MultiTaskEstimator(_MultiTaskBase):
         weight_decay: float = 0.0,
         validation_fraction: float = 0.1,
         patience: int | None = 10,
+        impute: bool = False,
         device: str = "auto",
         random_state: int | np.random.RandomState | None = None,
         run_dir: str | Path | None = None,
@@ -346,6 +357,7 @@ class MultiTaskEstimator(_MultiTaskBase):
             weight_decay=weight_decay,
             validation_fraction=validation_fraction,
             patience=patience,
+            impute=impute,
             device=device,
             random_state=random_state,
             run_dir=run_dir,

@@ -350,3 +350,14 @@ def test_y_columns_named_like_inputs_are_an_error() -> None:
     X, Y = table_data()
     with pytest.raises(ValueError, match="names of X columns"):
         MultiTaskRegressor(**FAST).fit(X, Y.rename(columns={"price": "a"}))
+
+
+def test_missing_inputs_need_impute() -> None:
+    X, Y = regression_data()
+    X[::5, 1] = np.nan
+    with pytest.raises(ValueError, match="Input X contains NaN"):
+        MultiTaskRegressor(**FAST).fit(X, Y)
+    estimator = MultiTaskRegressor(**FAST, impute=True).fit(X, Y)
+    assert estimator.run_.preprocessor.indicators == ["x1"]  # median + missing indicator
+    assert np.isfinite(estimator.predict(X)).all()
+    assert estimator.__sklearn_tags__().input_tags.allow_nan
