@@ -6,10 +6,21 @@ kinds, auxiliary tasks) build a ``Config`` and a DataFrame and call ``polytask.t
 one training loop for the library, the CLI and these estimators. A NaN in Y is a missing
 label (masked out of that task's loss), never imputed. The fitted ``run_`` lives in memory;
 it is written to disk only when ``run_dir`` is given.
+
+The hyper-parameters are fields of the ``Config`` each fit builds (the config's own errors
+name them): ``shared``, ``head``, ``architecture``, ``architecture_options`` (as
+``model.options``), ``activation``, ``dropout`` → ``model``; ``balancer``,
+``balancer_options``, ``optimizer``, ``epochs``, ``batch_size``, ``lr``, ``weight_decay``,
+``patience``, ``device`` → ``train``; ``validation_fraction`` (the share of the rows held out
+for early stopping; 0: none) and ``impute`` (fill missing inputs with the training median and
+add a missing-indicator) → ``data``; ``random_state`` → ``train.seed`` and
+``data.split_seed`` (an int is used as it is; ``None`` or a ``RandomState`` draws one per fit).
+``run_dir`` writes the run directory there, replacing the one a previous fit wrote.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import r2_score
 from sklearn.utils import Tags, check_random_state
 from sklearn.utils.multiclass import check_classification_targets
@@ -38,7 +50,8 @@ __all__ = ["MultiTaskClassifier", "MultiTaskEstimator", "MultiTaskRegressor"]
 
 
 class _MultiTaskBase(BaseEstimator):
-    """Hyper-parameters, input checks and training shared by the three estimators."""
+    """Hyper-parameters (see the module docstring), input checks and training shared by the
+    three estimators."""
 
     def __init__(
         self,
@@ -168,7 +181,11 @@ class _MultiTaskBase(BaseEstimator):
         frame = features.assign(**labels)
         config = self._config(tasks, list(features.columns))
         out = self.run_dir
-        self.run_ = _fit_run(config, frame=frame, out=out, overwrite=out is not None)
+        with warnings.catch_warnings():
+            # fit scores the validation rows for run_.metrics; an AUC there is undefined when a
+            # small split holds one class, which says nothing about the model asked for
+            warnings.simplefilter("ignore", UndefinedMetricWarning)
+            self.run_ = _fit_run(config, frame=frame, out=out, overwrite=out is not None)
         self.tasks_ = list(self.run_.tasks)
         self.n_iter_ = 0 if self.run_.history is None else len(self.run_.history)
         return targets.columns
@@ -197,7 +214,8 @@ class MultiTaskRegressor(RegressorMixin, _MultiTaskBase):
     ``fit(X, Y)`` with ``Y`` of shape ``(n,)`` or ``(n, n_outputs)``; ``predict`` returns the
     same shape. ``score`` is the mean over outputs of R² on each output's labelled rows.
     Fitted: ``run_`` (the polytask ``Run``), ``tasks_``, ``n_outputs_``, ``n_features_in_``,
-    ``feature_names_in_`` (DataFrame X), ``n_iter_`` (epochs trained).
+    ``feature_names_in_`` (DataFrame X), ``n_iter_`` (epochs trained). Hyper-parameters: see
+    the module docstring.
     """
 
     def fit(self, X: Any, Y: Any) -> MultiTaskRegressor:
@@ -229,7 +247,9 @@ class MultiTaskClassifier(ClassifierMixin, _MultiTaskBase):
     A column with two classes is a binary task, with more a multiclass task. ``classes_`` is
     the array of classes for a 1-D Y, else a list of arrays, one per output (sklearn's
     multi-output convention), as are ``predict_proba``'s results. ``score`` is the mean over
-    outputs of the accuracy on each output's labelled rows.
+    outputs of the accuracy on each output's labelled rows. With NaN in a float Y, give
+    cross-validation splits (``cv=KFold(...)``): sklearn's default for classifiers stratifies on
+    Y and refuses NaN. Hyper-parameters: see the module docstring.
     """
 
     def __sklearn_tags__(self) -> Tags:
@@ -315,6 +335,7 @@ class MultiTaskEstimator(_MultiTaskBase):
     mean over main tasks of R² (regression, count) or accuracy (binary, multiclass; for
     multilabel the mean over its columns). ``classes_`` maps each classification task to its
     classes; ``run_.predict(X)`` gives the probabilities as polytask's ``TASK:CLASS`` table.
+    Hyper-parameters: see the module docstring.
     """
 
     def __init__(

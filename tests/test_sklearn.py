@@ -11,7 +11,7 @@ import pytest
 from sklearn.base import clone
 from sklearn.compose import ColumnTransformer
 from sklearn.metrics import r2_score
-from sklearn.model_selection import GridSearchCV, cross_validate
+from sklearn.model_selection import GridSearchCV, KFold, cross_validate
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
@@ -38,7 +38,12 @@ def expected_failures(estimator: object) -> dict[str, str]:
 
 
 @parametrize_with_checks(
-    [MultiTaskRegressor(**FAST), MultiTaskClassifier(**FAST), MultiTaskEstimator(**FAST)],
+    [
+        MultiTaskRegressor(**FAST),
+        MultiTaskRegressor(**FAST, impute=True),  # NaN inputs allowed: other checks apply
+        MultiTaskClassifier(**FAST),
+        MultiTaskEstimator(**FAST),
+    ],
     expected_failed_checks=expected_failures,
 )
 def test_sklearn_estimator_checks(estimator, check) -> None:
@@ -165,6 +170,14 @@ def test_cross_validate_with_missing_labels() -> None:
     X, Y = regression_data()
     Y[1::3, 0] = np.nan
     scores = cross_validate(MultiTaskRegressor(**FAST), X, Y, cv=3)["test_score"]
+    assert np.isfinite(scores).all() and scores.min() > 0.8
+
+
+def test_classifier_cross_validation_with_missing_labels() -> None:
+    X, Y = classification_data()
+    Y = np.where(Y == "yes", 1.0, np.where(Y == "no", 0.0, Y)).astype(float)
+    Y[::4, 0] = np.nan
+    scores = cross_validate(MultiTaskClassifier(**FAST), X, Y, cv=KFold(3))["test_score"]
     assert np.isfinite(scores).all() and scores.min() > 0.8
 
 
