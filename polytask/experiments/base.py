@@ -76,6 +76,9 @@ def run_experiment(
     experiment = EXPERIMENTS[name]
     started = time.perf_counter()
     result = experiment.run(seed_list, directory, quick)
+    differences = plot_differences(
+        directory / "differences.png", result["contrasts"], f"{name}, {len(seed_list)} seed(s)"
+    )
     result = {
         "experiment": name,
         "description": experiment.description,
@@ -83,6 +86,7 @@ def run_experiment(
         "quick": quick,
         "seeds": seed_list,
         **result,
+        "plots": [*result["plots"], differences.name],
         "seconds": time.perf_counter() - started,
         "torch_threads": torch.get_num_threads(),
     }
@@ -296,6 +300,42 @@ def plot_arms(
         ax.set_xlabel(xlabel)
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_differences(path: Path, contrasts: Sequence[dict[str, Any]], title: str) -> Path:
+    """One row per contrast: the per-seed differences (treatment − baseline) as dots, their
+    mean and 95% t-interval, and zero; each row scaled by its baseline mean so that rows of
+    different metrics share one axis (in % of the baseline)."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(contrasts) + 1.6))
+    for i, c in enumerate(contrasts):
+        scale = 100.0 / abs(c["baseline_mean"]) if c["baseline_mean"] else 1.0
+        y = len(contrasts) - 1 - i
+        values = np.asarray(c["difference_per_seed"], dtype=float) * scale
+        ax.plot(values, np.full(len(values), y), ".", color="grey", ms=4, alpha=0.6)
+        lo, hi = c["difference_ci95"]
+        good = c["outcome"] == BETTER
+        color = "C2" if good else "C3" if c["outcome"] == WORSE else "C0"
+        if lo is not None and not math.isnan(lo):
+            ax.plot([lo * scale, hi * scale], [y, y], "-", color=color, lw=2.5)
+        ax.plot(c["difference_mean"] * scale, y, "o", color=color, ms=6)
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_yticks(
+        range(len(contrasts)),
+        [
+            f"{c['label']} ({c['metric']}{' ↓' if c['lower_is_better'] else ' ↑'})"
+            for c in reversed(contrasts)
+        ],
+        fontsize=7,
+    )
+    ax.set_xlabel("treatment − baseline, % of the baseline mean (dot: mean; bar: 95% CI)")
+    ax.set_title(
+        f"{title}; green: treatment better, red: worse, blue: no significant difference", fontsize=8
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -153,7 +153,7 @@ def run(seeds: Sequence[int], out: Path, quick: bool) -> dict[str, Any]:
             for arm, role in (("STL", "baseline"), ("MTL", "treatment"), ("shuffled", "treatment"))
         },
         ylabel="test RMSE of the main task",
-        title=f"Shuffle control, {len(seeds)} seeds (panels share one axis; compare within one)",
+        title=f"Shuffle control, {len(seeds)} seeds (compare the bars within a group)",
     )
     return {
         "settings": {**s, "macro_main_task": MACRO_MAIN, "batch_size": 32, "lr": 3e-3},
