@@ -247,9 +247,9 @@ class MultiTaskClassifier(ClassifierMixin, _MultiTaskBase):
     A column with two classes is a binary task, with more a multiclass task. ``classes_`` is
     the array of classes for a 1-D Y, else a list of arrays, one per output (sklearn's
     multi-output convention), as are ``predict_proba``'s results. ``score`` is the mean over
-    outputs of the accuracy on each output's labelled rows. With NaN in a float Y, give
-    cross-validation splits (``cv=KFold(...)``): sklearn's default for classifiers stratifies on
-    Y and refuses NaN. Hyper-parameters: see the module docstring.
+    outputs of the accuracy on each output's labelled rows. With NaN in Y, give cross-validation
+    splits (``cv=KFold(...)``): sklearn's default for classifiers inspects Y to stratify and
+    fails on NaN. Hyper-parameters: see the module docstring.
     """
 
     def __sklearn_tags__(self) -> Tags:
