@@ -19,6 +19,7 @@ from polytask.experiments import (
     EXPERIMENTS,
     amplification,
     attribute_selection,
+    capacity,
     eavesdropping,
     inputs_as_outputs,
     learning_speed,
@@ -40,6 +41,7 @@ from polytask.experiments.command import experiment
 NAMES = [
     "amplification",
     "attribute-selection",
+    "capacity",
     "eavesdropping",
     "inputs-as-outputs",
     "learning-speed",
@@ -94,6 +96,7 @@ def test_quick_result_structure(name: str, quick_results: dict[str, tuple[dict, 
 VERDICTS = {
     "amplification": amplification.verdict,
     "attribute-selection": attribute_selection.verdict,
+    "capacity": capacity.verdict,
     "eavesdropping": eavesdropping.verdict,
     "inputs-as-outputs": inputs_as_outputs.verdict,
     "noise-task": noise_task.verdict,
@@ -278,6 +281,22 @@ def test_attribute_selection_f_ignores_the_irrelevant_inputs() -> None:
     changed = x.copy()
     changed[:, 0] = -changed[:, 0]
     assert not np.allclose(attribute_selection.hidden_function(changed, 0), base)
+
+
+def test_capacity_verdict_and_matching_width() -> None:
+    def case(stl: list[float], mtl: list[float]) -> str:
+        return capacity.verdict(
+            [
+                made_up("width 8: MTL vs STL", stl, mtl),
+                made_up("width chosen on validation: MTL vs STL", stl, mtl),
+            ]
+        )
+
+    assert case(HIGH, LOW).startswith("reproduced")
+    assert case(LOW, HIGH).startswith("not reproduced")
+    stl = {4: 0.5, 8: 0.4, 32: 0.35}
+    assert capacity.smallest_matching_width([4, 8, 32], stl, {4: 0.45, 8: 0.34, 32: 0.3}) == 8
+    assert capacity.smallest_matching_width([4, 8, 32], stl, {4: 0.5, 8: 0.4, 32: 0.36}) is None
 
 
 def test_learning_speed_reach() -> None:

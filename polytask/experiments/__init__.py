@@ -9,6 +9,7 @@ t-test and 95% interval, and a verdict computed from them) and the experiment's 
 from . import (  # noqa: F401  (each module registers its experiment)
     amplification,
     attribute_selection,
+    capacity,
     eavesdropping,
     inputs_as_outputs,
     learning_speed,
