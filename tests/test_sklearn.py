@@ -258,6 +258,9 @@ def test_same_predictions_as_polytask_fit() -> None:
     np.testing.assert_allclose(
         proba[1], table[["y1:0", "y1:1", "y1:2"]].to_numpy(dtype=np.float64), rtol=1e-6
     )
+    # and the config the estimator trained is that one: it reproduces the model as it is
+    again = pt.fit(estimator.run_.config, frame=frame).predict(frame)
+    pd.testing.assert_frame_equal(again, table)
 
 
 def test_rows_predicted_alike_in_any_batch() -> None:
