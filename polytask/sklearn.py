@@ -31,15 +31,22 @@ import pandas as pd
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import r2_score
-from sklearn.utils import Tags, check_random_state
+from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import (
     _check_sample_weight,
     check_array,
     check_consistent_length,
     check_is_fitted,
-    validate_data,
 )
+
+try:
+    from sklearn.utils import Tags
+    from sklearn.utils.validation import validate_data
+except ImportError as exc:  # both came with scikit-learn 1.6
+    raise ImportError(
+        "polytask.sklearn needs scikit-learn >= 1.6: pip install -U scikit-learn"
+    ) from exc
 
 from .config import Config, DataConfig, ModelConfig, TrainConfig
 from .data import _label_key
