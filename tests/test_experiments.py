@@ -11,9 +11,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import typer
 from typer.testing import CliRunner
 
+import polytask as pt
 from polytask.errors import ConfigError
 from polytask.experiments import (
     EXPERIMENTS,
@@ -22,6 +24,7 @@ from polytask.experiments import (
     capacity,
     eavesdropping,
     inputs_as_outputs,
+    learning_rate,
     learning_speed,
     noise_task,
     run_experiment,
@@ -44,6 +47,7 @@ NAMES = [
     "capacity",
     "eavesdropping",
     "inputs-as-outputs",
+    "learning-rate",
     "learning-speed",
     "noise-task",
     "shuffle-control",
@@ -99,6 +103,7 @@ VERDICTS = {
     "capacity": capacity.verdict,
     "eavesdropping": eavesdropping.verdict,
     "inputs-as-outputs": inputs_as_outputs.verdict,
+    "learning-rate": learning_rate.verdict,
     "noise-task": noise_task.verdict,
     "shuffle-control": shuffle_control.verdict,
 }
@@ -297,6 +302,51 @@ def test_capacity_verdict_and_matching_width() -> None:
     stl = {4: 0.5, 8: 0.4, 32: 0.35}
     assert capacity.smallest_matching_width([4, 8, 32], stl, {4: 0.45, 8: 0.34, 32: 0.3}) == 8
     assert capacity.smallest_matching_width([4, 8, 32], stl, {4: 0.5, 8: 0.4, 32: 0.36}) is None
+
+
+def test_learning_rate_verdict_follows_the_matched_control() -> None:
+    def case(stl: list[float], mtl: list[float], matched: list[float]) -> str:
+        return learning_rate.verdict(
+            [
+                made_up("gradient norm (T = 4 vs T = 1)", LOW, HIGH, lower_is_better=False),
+                made_up("MTL vs STL", stl, mtl),
+                made_up("lr-matched STL vs STL", stl, matched),
+                made_up("MTL vs lr-matched STL", matched, mtl),
+            ]
+        )
+
+    assert "; reproduced" in case(HIGH, LOW, LOW[::-1])
+    assert "; not reproduced" in case(HIGH, LOW, HIGH[::-1])
+    assert "no gain to explain" in case(LOW, HIGH, LOW)
+    assert case(HIGH, LOW, LOW[::-1]).startswith(
+        "shared gradient norm larger at T = 4 than at T = 1: better"
+    )
+
+
+def test_shared_gradient_norms_match_backward() -> None:
+    """The summed-loss gradient norm equals what loss.backward() leaves in the shared .grad."""
+    splits, names = learning_rate.problem(0, quick=True)
+    cfg = learning_rate._sgd_config(splits, names, 0, learning_rate.settings(True), 0.01)
+    preprocessor = pt.Preprocessor.fit(splits.train, cfg.tasks, features=cfg.data.features)
+    data = pt.TaskData.from_frame(splits.train, preprocessor)
+    torch.manual_seed(0)
+    model = pt.build_model(
+        cfg.model,
+        n_numeric=preprocessor.n_numeric,
+        cardinalities=preprocessor.cardinalities,
+        out_dims=preprocessor.output_dims(),
+    )
+    norms = learning_rate.shared_gradient_norms(model, data, names)
+    assert list(norms) == list(learning_rate.COUNTS)
+    outputs = model(data.x_num, data.x_cat)
+    loss = sum(
+        ((outputs[t].reshape(-1) - data.targets[t].reshape(-1)) ** 2).mean() for t in names[:2]
+    )
+    loss.backward()
+    shared = model.parameter_groups().shared
+    expected = float(torch.sqrt(sum((p.grad**2).sum() for p in shared)))
+    assert norms[2] == pytest.approx(expected, rel=1e-5)
+    assert norms[1] > 0 and norms[1] != pytest.approx(norms[2])
 
 
 def test_learning_speed_reach() -> None:

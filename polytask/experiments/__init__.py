@@ -12,6 +12,7 @@ from . import (  # noqa: F401  (each module registers its experiment)
     capacity,
     eavesdropping,
     inputs_as_outputs,
+    learning_rate,
     learning_speed,
     noise_task,
     shuffle_control,
