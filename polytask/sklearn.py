@@ -34,7 +34,6 @@ from sklearn.metrics import r2_score
 from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import (
-    _check_sample_weight,
     check_array,
     check_consistent_length,
     check_is_fitted,
@@ -532,7 +531,16 @@ def _as_columns(predicted: np.ndarray) -> list[np.ndarray]:
 
 
 def _weights(sample_weight: Any, like: np.ndarray) -> np.ndarray:
-    return _check_sample_weight(sample_weight, np.empty((len(like), 1)))
+    """``score``'s row weights: ones, or ``sample_weight`` checked to be one per row."""
+    if sample_weight is None:
+        return np.ones(len(like))
+    weights = check_array(
+        sample_weight, ensure_2d=False, dtype=np.float64, input_name="sample_weight"
+    )
+    if weights.ndim != 1:
+        raise ValueError(f"sample_weight must be 1-D, got shape {weights.shape}")
+    check_consistent_length(weights, like)
+    return weights
 
 
 def _mean_over_outputs(

@@ -173,6 +173,16 @@ def test_cross_validate_with_missing_labels() -> None:
     assert np.isfinite(scores).all() and scores.min() > 0.8
 
 
+def test_score_weights_rows() -> None:
+    X, Y = classification_data()
+    estimator = MultiTaskClassifier(**FAST).fit(X, Y[:, 0])
+    right = estimator.predict(X) == Y[:, 0]
+    assert estimator.score(X, Y[:, 0], sample_weight=right.astype(float)) == 1.0
+    assert estimator.score(X, Y[:, 0], sample_weight=(~right).astype(float)) == 0.0
+    with pytest.raises(ValueError, match="inconsistent numbers of samples"):
+        estimator.score(X, Y[:, 0], sample_weight=np.ones(3))
+
+
 def test_classifier_cross_validation_with_missing_labels() -> None:
     X, Y = classification_data()
     Y = np.where(Y == "yes", 1.0, np.where(Y == "no", 0.0, Y)).astype(float)
