@@ -309,6 +309,116 @@ def relate(
     console.print(f"written: {out / 'relatedness.json'} and one relatedness_MEASURE.png each")
 
 
+@app.command()
+def plan(
+    config: Path = typer.Argument(..., metavar="CONFIG", help="YAML config file."),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Directory for plan.json, comparison.json and run/."
+    ),
+    seeds: int = typer.Option(3, min=1, help="Number of seeds (train.seed, train.seed+1, ...)."),
+    budget: str = typer.Option(
+        None, help="Cap on the total wall time, e.g. 600, 90s, 20m, 1.5h (default: none)."
+    ),
+    candidate: list[str] = typer.Option(
+        None,
+        "--candidate",
+        "-c",
+        help="A candidate to try (repeat; default: the standard set, see `polytask "
+        "candidates`). stl and all_in_one are always trained.",
+    ),
+    workers: int = typer.Option(
+        None, min=1, help="Processes training seeds in parallel (default: cores, at most seeds)."
+    ),
+    overwrite: bool = typer.Option(False, help="Replace the plan already in --out."),
+    quiet: bool = QUIET,
+) -> None:
+    """Find what to train together: candidates per seed, a per-task choice on validation, one
+    run directory, and the plan vs STL and vs all-in-one on test."""
+    from .config import load_config
+    from .plan import plan as make_plan
+
+    cfg = load_config(config)
+    with console.status("planning", spinner="dots") if not quiet else _Null() as status:
+
+        def note(message: str) -> None:
+            if status is not None:
+                status.update(f"training {message}")
+
+        result = make_plan(
+            cfg,
+            seeds=seeds,
+            candidates=list(candidate) if candidate else None,
+            budget=budget,
+            workers=workers,
+            out=out,
+            overwrite=overwrite,
+            on_progress=note,
+        )
+    _print_plan(result.report, result.comparison_json())
+    console.print(
+        f"written: {out / 'plan.json'}, {out / 'comparison.json'}, {out / 'comparison.png'} "
+        f"and the model in {out / 'run'} (polytask predict {out / 'run'} DATA.csv -o pred.csv)"
+    )
+
+
+def _print_plan(report: dict[str, Any], result: dict[str, Any]) -> None:
+    n = len(result["seeds"])
+    table = Table(
+        title=f"plan: the candidate chosen per task on validation, test scores (mean ± std "
+        f"over {n} seed(s))",
+        caption="change %: relative change vs STL, negative = the plan is better; verdict: "
+        "paired t-test over seeds vs STL",
+    )
+    for col in ("task", "metric", "chosen", "STL", "all-in-one", "plan", "change %", "verdict"):
+        left = col in ("task", "metric", "chosen", "verdict")
+        table.add_column(col, justify="left" if left else "right", no_wrap=col == "verdict")
+    for name, t in result["tasks"].items():
+        arrow = "↑" if t["higher_is_better"] else "↓"
+        aio = result["vs_all_in_one"]["tasks"][name]["stl"]
+        change = t["relative_change_percent"]
+        table.add_row(
+            name,
+            f"{t['metric']} {arrow}",
+            t["chosen"],
+            f"{_fmt(t['stl']['mean'])} ± {_fmt(t['stl']['std'])}",
+            f"{_fmt(aio['mean'])} ± {_fmt(aio['std'])}",
+            f"{_fmt(t['mtl']['mean'])} ± {_fmt(t['mtl']['std'])}",
+            f"{change:+.2f}" if not math.isnan(change) else "—",
+            t["verdict"].replace("MTL", "plan"),
+        )
+    console.print(table)
+    trained = {k: v for k, v in report["candidates"].items() if v["status"] == "trained"}
+    times = ", ".join(f"{k} {v['wall_seconds']:.0f} s" for k, v in trained.items())
+    console.print(f"wall time per candidate (all seeds): {times}")
+    for name, entry in report["candidates"].items():
+        if entry["status"] != "trained":
+            console.print(f"{name}: {entry['status']} ({escape(entry.get('reason', ''))})")
+    for key, label in ((None, "STL"), ("vs_all_in_one", "all-in-one")):
+        part = result if key is None else result[key]
+        lo, hi = part["delta_m_ci95"]
+        ci = f", 95% CI [{lo:+.2f}, {hi:+.2f}]" if not math.isnan(lo) else ""
+        console.print(
+            f"plan vs {label}: Δm = {part['delta_m_percent']:+.2f}%{ci} "
+            f"({part['delta_m_verdict'].replace('MTL', 'plan')})"
+        )
+    console.print(f"[bold]{escape(result['summary'])}[/bold]")
+
+
+@app.command()
+def candidates() -> None:
+    """List the candidates `plan` can try."""
+    from .plan import CANDIDATES, DEFAULT_CANDIDATES
+
+    table = Table(title="plan candidates (polytask plan CONFIG -c NAME ...)")
+    for col in ("name", "what", "default"):
+        table.add_column(col)
+    for entry in CANDIDATES.values():
+        table.add_row(
+            entry.name, entry.description, "yes" if entry.name in DEFAULT_CANDIDATES else ""
+        )
+    console.print(table)
+
+
 def _print_validation(checked: dict[str, Any]) -> None:
     table = Table(
         title=f"validation Δm% vs STL over {len(checked['seeds'])} seed(s)",

@@ -36,7 +36,7 @@ from .compare import Comparison
 from .config import Config, FinetuneConfig
 from .data import Splits
 from .errors import ConfigError, DataError, PolytaskError, PolytaskWarning, RunError, one_of
-from .evaluate import HIGHER_IS_BETTER, mean_std
+from .evaluate import HIGHER_IS_BETTER, delta_m, mean_std
 from .io import Run, as_frame, load, write_json
 from .models import ARCHITECTURES
 from .models.grouped import group_problems
@@ -89,6 +89,9 @@ def register_candidate(
 STL, ALL_IN_ONE, GROUPS = "stl", "all_in_one", "groups"
 #: Trained whatever the budget: the baseline and the config as written.
 REQUIRED = (STL, ALL_IN_ONE)
+#: How plan trains its STL networks (``baselines.fit_stl``): stacked into one ensemble even
+#: with dropout (each network draws its own masks), which makes many tasks affordable.
+STL_VECTORIZE = "dropout"
 
 
 @register_candidate(STL, "one network per main task (baselines.fit_stl), the same budget")
@@ -177,7 +180,7 @@ def _train(job: _Job) -> _Done:
     started = time.perf_counter()
     try:
         if job.candidate == STL:
-            stl = fit_stl(job.config, job.splits)
+            stl = fit_stl(job.config, job.splits, vectorize=STL_VECTORIZE)
             return _Done(job.candidate, job.seed, stl, time.perf_counter() - started)
         recorders: list[Any] = []
         instrument = None
@@ -469,7 +472,7 @@ def plan(
     seeds: int | Sequence[int] = 3,
     candidates: Sequence[str] | None = None,
     budget: float | str | None = None,
-    workers: int = 1,
+    workers: int | None = None,
     out: str | Path | None = None,
     overwrite: bool = False,
     frame: pd.DataFrame | None = None,
@@ -483,7 +486,8 @@ def plan(
     ``CANDIDATES`` (default ``DEFAULT_CANDIDATES``; ``stl`` and ``all_in_one`` are always
     trained); ``budget``: a cap on the total wall time (seconds or ``"20m"``): a candidate is
     skipped when the time spent plus the all-in-one candidate's time would pass it;
-    ``workers``: processes that train seeds in parallel (one thread each); ``out``: write
+    ``workers``: processes that train seeds in parallel, one thread each (default: the
+    machine's cores, at most one per seed; 1 trains here); ``out``: write
     ``plan.json``, ``comparison.json``, ``comparison.png``, ``run/`` (the deliverable) and
     ``relate/`` there.
     """
@@ -498,6 +502,8 @@ def plan(
     unknown = [n for n in names if n not in CANDIDATES]
     if unknown:
         raise ConfigError(f"candidates: {unknown} are not candidates ({one_of(list(CANDIDATES))})")
+    if workers is None:
+        workers = min(os.cpu_count() or 1, len(seed_list))
     if workers < 1:
         raise ConfigError(f"workers: {workers} must be at least 1")
     seconds_cap = parse_budget(budget)
@@ -549,7 +555,9 @@ def plan(
             if isinstance(variant, str):
                 entry.update(status="skipped", reason=variant)
                 continue
-            key = f"{name == STL}:{variant.model_dump_json()}"
+            key = ":".join(
+                (str(name == STL), variant.model.model_dump_json(), variant.train.model_dump_json())
+            )
             if key in seen:
                 entry.update(status="skipped", reason=f"the same config as {seen[key]}")
                 continue
@@ -612,10 +620,12 @@ def plan(
         "rule": RULE,
         "budget_seconds": seconds_cap,
         "workers": pool.workers,
+        "stl_vectorize": STL_VECTORIZE,
         "wall_seconds": time.perf_counter() - started,
         "candidates": report,
         "relatedness": {k: v for k, v in context.items() if k != "relatedness"},
         "choice": chosen,
+        "validation_delta_m_percent": _validation_delta_m(report, chosen, metrics),
     }
     # The test split is read from here on, after every choice is made.
     run = _deliverable(config, chosen, done)
@@ -697,6 +707,27 @@ def _grouping(
     if directory is not None:
         relatedness.save(directory / "relate")
     return {"groups": None if problems else groups, "grouping_measure": "gradient"}
+
+
+def _validation_delta_m(
+    report: Mapping[str, Mapping[str, Any]],
+    chosen: Mapping[str, Mapping[str, Any]],
+    metrics: Mapping[str, str],
+) -> dict[str, float]:
+    """Δm% vs STL on validation (of the means over seeds) of every trained candidate and of
+    the plan (each task from its choice): selection scores, optimistic for the plan."""
+
+    def mean(candidate: str, task: str) -> float:
+        return report[candidate]["validation"][task]["mean"]
+
+    stl = {t: mean(STL, t) for t in metrics}
+    result = {
+        name: delta_m(metrics, {t: mean(name, t) for t in metrics}, stl)
+        for name, entry in report.items()
+        if entry.get("status") == "trained"
+    }
+    result["plan"] = delta_m(metrics, {t: mean(chosen[t]["candidate"], t) for t in metrics}, stl)
+    return result
 
 
 def _member_name(candidate: str, task: str | None) -> str:
