@@ -279,10 +279,10 @@ class MultiTaskClassifier(ClassifierMixin, _MultiTaskBase):
             check_classification_targets(values)
             found = np.unique(values)
             if len(found) < 2:
-                shown = f" ({found[0]!r})" if len(found) else ""
+                shown = f"one class ({found[0]!r})" if len(found) else "no labels"
                 raise ValueError(
-                    f"Y column {name!r} has {len(found)} class{shown} among its labels; a "
-                    "classifier needs at least two classes per output"
+                    f"Y column {name!r} has {shown}; a classifier needs at least two classes "
+                    "per output"
                 )
             codes = np.full(len(column), np.nan)
             codes[labelled] = np.searchsorted(found, values)
