@@ -27,6 +27,7 @@ from polytask.experiments import (
     learning_rate,
     learning_speed,
     noise_task,
+    representation_bias,
     run_experiment,
     shuffle_control,
 )
@@ -50,6 +51,7 @@ NAMES = [
     "learning-rate",
     "learning-speed",
     "noise-task",
+    "representation-bias",
     "shuffle-control",
 ]
 CONTRAST_KEYS = {
@@ -105,6 +107,7 @@ VERDICTS = {
     "inputs-as-outputs": inputs_as_outputs.verdict,
     "learning-rate": learning_rate.verdict,
     "noise-task": noise_task.verdict,
+    "representation-bias": representation_bias.verdict,
     "shuffle-control": shuffle_control.verdict,
 }
 
@@ -347,6 +350,47 @@ def test_shared_gradient_norms_match_backward() -> None:
     expected = float(torch.sqrt(sum((p.grad**2).sum() for p in shared)))
     assert norms[2] == pytest.approx(expected, rel=1e-5)
     assert norms[1] > 0 and norms[1] != pytest.approx(norms[2])
+
+
+def test_representation_bias_plants_two_minima_per_task() -> None:
+    rb = representation_bias
+    train, _, probe = rb.generate(0, 200)
+    own_t, own_t2 = train["T"].notna(), train["T2"].notna()
+    assert not (own_t & own_t2).any() and (own_t | own_t2).all()
+    t_rows, t2_rows = train[own_t], train[own_t2]
+    # both minima fit each task exactly on its own rows
+    assert np.allclose(t_rows["T"], rb.task_t(t_rows["xA"]))
+    assert np.allclose(t_rows["T"], rb.task_t(t_rows["xB"]))
+    assert np.allclose(t2_rows["T2"], rb.task_t2(t2_rows["xA"]))
+    assert np.allclose(t2_rows["T2"], rb.task_t2(t2_rows["xC"]))
+    assert abs(corr(t_rows["xA"], t_rows["xC"])) < 0.25  # C is no minimum of T
+    assert abs(corr(probe["xA"], probe["xB"])) < 0.1  # the probe tells the minima apart
+    forced, _, _ = rb.generate(0, 200, force=0.1)
+    rows = forced[forced["T"].notna()]
+    assert np.allclose(rows["T"], rb.task_t(rows["xB"]))
+    assert not np.allclose(rows["xA"], rows["xB"])
+    a, b = rb.task_t(probe["xA"].to_numpy()), rb.task_t(probe["xB"].to_numpy())
+    assert rb.share(a, a, b) == pytest.approx(1.0)
+    assert rb.share(b, a, b) == pytest.approx(0.0, abs=1e-9)
+    assert rb.share(a + b, a, b) == pytest.approx(0.5)
+
+
+def test_representation_bias_verdict() -> None:
+    def case(stl: list[float], mtl: list[float], forced_t: list[float], forced_t2: list[float]):
+        return representation_bias.verdict(
+            [
+                made_up("T's share of A: MTL vs STL", stl, mtl, lower_is_better=False),
+                made_up("T′'s share of A: MTL vs STL", stl, mtl, lower_is_better=False),
+                made_up("T's share of A: forced vs unforced MTL", mtl, forced_t),
+                made_up("T′'s share of A: forced vs unforced MTL", mtl, forced_t2),
+            ]
+        )
+
+    text = case(LOW, HIGH, LOW, LOW)
+    assert ": reproduced (MTL vs STL: better)" in text and "C: reproduced" in text
+    text = case(HIGH, LOW, LOW[::-1], HIGH)
+    assert ": not reproduced (MTL vs STL: worse)" in text
+    assert "untestable" in case(LOW, HIGH, [v + 5 for v in HIGH], LOW)
 
 
 def test_learning_speed_reach() -> None:

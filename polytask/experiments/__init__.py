@@ -15,6 +15,7 @@ from . import (  # noqa: F401  (each module registers its experiment)
     learning_rate,
     learning_speed,
     noise_task,
+    representation_bias,
     shuffle_control,
 )
 from .base import EXPERIMENTS, Experiment, register_experiment, run_experiment
