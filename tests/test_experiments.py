@@ -87,7 +87,11 @@ def test_quick_result_structure(name: str, quick_results: dict[str, tuple[dict, 
     assert result["settings"] and result["per_seed"] and result["contrasts"]
     for c in result["contrasts"]:
         assert set(c) >= CONTRAST_KEYS
-        assert len(c["baseline_per_seed"]) == len(c["treatment_per_seed"]) == 2
+        assert len(c["baseline_per_seed"]) == len(c["treatment_per_seed"])
+        if c["outcome"] == UNTESTED:  # learning-speed's wall time when MTL reached no task
+            assert name == "learning-speed" and len(c["baseline_per_seed"]) < 2
+            continue
+        assert len(c["baseline_per_seed"]) == 2
         assert c["outcome"] in (BETTER, WORSE, NO_DIFFERENCE)
         assert c["difference_mean"] == pytest.approx(
             np.mean(c["treatment_per_seed"]) - np.mean(c["baseline_per_seed"]), abs=1e-9

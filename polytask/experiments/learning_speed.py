@@ -5,7 +5,11 @@ Yeast (14 binary tasks) with the demo's network. Every network trains the whole 
 early stopping) with per-task selection on, so the validation AUC of every task is recorded
 after every epoch. For task t, STL's best is the highest validation AUC of its own network
 (reached at epoch e_STL); MTL's epoch is the first at which the shared network's AUC on t is at
-least that (e_MTL; a task never reached counts as budget + 1, which flatters MTL)."""
+least that (e_MTL; a task never reached counts as budget + 1, which flatters MTL).
+
+Wall time is compared on the tasks MTL does reach: the sum of their STL networks' times to their
+best epochs against the shared network's time to the last of its e_MTL (seeds where MTL reaches
+none are left out)."""
 
 from __future__ import annotations
 
@@ -99,8 +103,9 @@ def run(seeds: Sequence[int], out: Path, quick: bool) -> dict[str, Any]:
             e_stl, e_mtl = reach(stl_auc, mtl_auc)
             stl_epochs.append(e_stl)
             mtl_epochs.append(e_mtl if e_mtl is not None else budget + 1)
-            stl_seconds += stl_time[e_stl - 1]
-            mtl_reach = max(mtl_reach, e_mtl if e_mtl is not None else budget)
+            if e_mtl is not None:  # wall time is compared on the tasks MTL reaches
+                stl_seconds += stl_time[e_stl - 1]
+                mtl_reach = max(mtl_reach, e_mtl)
             rows.append(
                 {
                     "seed": seed,
@@ -117,9 +122,10 @@ def run(seeds: Sequence[int], out: Path, quick: bool) -> dict[str, Any]:
                 "stl_mean_epochs": float(np.mean(stl_epochs)),
                 "mtl_mean_epochs": float(np.mean(mtl_epochs)),
                 "stl_seconds": stl_seconds,
-                "mtl_seconds": float(mtl_time[mtl_reach - 1]),
+                "mtl_seconds": float(mtl_time[mtl_reach - 1]) if mtl_reach else None,
             }
         )
+    timed = [p for p in per_seed if p["mtl_seconds"] is not None]
     contrasts = [
         contrast(
             "epochs to STL's best (mean over tasks)",
@@ -128,9 +134,9 @@ def run(seeds: Sequence[int], out: Path, quick: bool) -> dict[str, Any]:
             metric="epochs",
         ),
         contrast(
-            "wall time to every task's STL best",
-            ("STL (all networks)", [p["stl_seconds"] for p in per_seed]),
-            ("MTL", [p["mtl_seconds"] for p in per_seed]),
+            "wall time to STL's best on the tasks MTL reaches",
+            ("STL (their networks)", [p["stl_seconds"] for p in timed]),
+            ("MTL", [p["mtl_seconds"] for p in timed]),
             metric="seconds",
         ),
     ]
