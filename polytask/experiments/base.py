@@ -284,7 +284,7 @@ def plot_arms(
 ) -> Path:
     """Bars of mean ± std per arm within each group, every seed drawn as a dot."""
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(max(4.5, 1.3 * len(groups) * len(arms) / 2 + 2), 3.6))
+    fig, ax = plt.subplots(figsize=(min(14.0, max(4.5, 0.55 * len(groups) * len(arms) + 2)), 3.8))
     width = 0.8 / len(arms)
     x = np.arange(len(groups))
     for i, (arm, per_group) in enumerate(arms.items()):
@@ -294,7 +294,7 @@ def plot_arms(
         ax.bar(offset, means, width * 0.9, yerr=stds, capsize=3, label=arm, alpha=0.75)
         for xo, values in zip(offset, per_group, strict=True):
             ax.plot(np.full(len(values), xo), values, ".", color="black", ms=3, alpha=0.6)
-    ax.set_xticks(x, groups, fontsize=8)
+    ax.set_xticks(x, [g.replace(", ", "\n") for g in groups], fontsize=7)
     ax.set_ylabel(ylabel)
     if xlabel:
         ax.set_xlabel(xlabel)
