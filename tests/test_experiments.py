@@ -326,7 +326,7 @@ def test_learning_rate_verdict_follows_the_matched_control() -> None:
     assert "; not reproduced" in case(HIGH, LOW, HIGH[::-1])
     assert "no gain to explain" in case(LOW, HIGH, LOW)
     assert case(HIGH, LOW, LOW[::-1]).startswith(
-        "shared gradient norm larger at T = 4 than at T = 1: better"
+        "the shared gradient norm at T = 4 is significantly larger than at T = 1"
     )
 
 

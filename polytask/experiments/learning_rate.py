@@ -21,6 +21,7 @@ from ..train import fit
 from . import amplification
 from .base import (
     BETTER,
+    WORSE,
     columns,
     config,
     contrast,
@@ -107,7 +108,11 @@ def settings(quick: bool) -> dict[str, Any]:
 def verdict(contrasts: Sequence[dict[str, Any]]) -> str:
     by = {c["label"].split(" (")[0]: c["outcome"] for c in contrasts}
     grows, gain, matched = by["gradient norm"], by["MTL vs STL"], by["MTL vs lr-matched STL"]
-    head = f"shared gradient norm larger at T = {MATCHED} than at T = 1: {grows}"
+    size = {BETTER: "significantly larger", WORSE: "significantly smaller"}
+    head = (
+        f"the shared gradient norm at T = {MATCHED} is "
+        f"{size.get(grows, 'not significantly different')} than at T = 1"
+    )
     if gain != BETTER:
         return (
             f"{head}; MTL vs STL under SGD: {gain}, so there is no gain to explain "
