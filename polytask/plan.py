@@ -4,9 +4,12 @@ For each seed every candidate is trained on the config's fixed splits under the 
 budget and stopping rule, **with the test rows held back**: STL (one network per main task),
 all-in-one (the config as written, its relatedness recorded while it trains), the task groups
 ``relate`` suggests from those recordings, and the other architectures and selection /
-fine-tuning options (``CANDIDATES``; a candidate registers a config variant). Each main task
-then gets the candidate with the best mean validation primary metric among STL and the
-candidates that beat STL on that task by more than their seed spread (``RULE``). The chosen
+fine-tuning options (``CANDIDATES``; a candidate registers a config variant). The validation
+split is divided: every model stops (and selects per task) on one part, and the other part,
+the *choice rows*, scores the candidates, so a candidate that selects on validation gains no
+edge from it. Each main task then gets the candidate with the best mean primary metric on the
+choice rows among STL and the candidates that beat STL on that task by more than their seed
+spread (``RULE``). The chosen
 members (the first seed's runs) form one run directory that predicts every main task; the test
 split is read once, after every choice is made, for the report: plan vs STL and plan vs
 all-in-one in ``compare``'s schema.
@@ -49,7 +52,8 @@ FORMAT_VERSION = 1
 MEMBERS_FILE = "members.json"
 
 RULE = (
-    "per main task, the candidate with the best mean validation primary metric over seeds among "
+    "per main task, the candidate with the best mean primary metric over seeds on the choice "
+    "rows (validation rows no model stopped or selected on) among "
     "STL and the candidates whose paired gain over STL (mean over seeds of the per-seed "
     "difference, in the metric's better direction) exceeds the standard deviation of that "
     "difference over seeds; equal means go to the simpler candidate (the order of the "
@@ -163,6 +167,7 @@ class _Job:
     seed: int
     config: Config
     splits: Splits
+    choice: pd.DataFrame  # the rows that score the candidate for the choice
     record: bool = False
 
 
@@ -172,8 +177,17 @@ class _Done:
     seed: int
     runs: dict[str, Run]  # task name → the run that predicts it
     seconds: float
+    scores: dict[str, dict[str, float]] = field(default_factory=dict)  # on the choice rows
     gradient: np.ndarray | None = None
     error: str | None = None
+
+
+def _choice_scores(runs: Mapping[str, Run], rows: pd.DataFrame) -> dict[str, dict[str, float]]:
+    scores: dict[str, dict[str, float]] = {}
+    for run in {id(r): r for r in runs.values()}.values():
+        scored = run.evaluate(rows)
+        scores.update({t: scored[t] for t in runs if runs[t] is run and t in scored})
+    return scores
 
 
 def _train(job: _Job) -> _Done:
@@ -181,7 +195,8 @@ def _train(job: _Job) -> _Done:
     try:
         if job.candidate == STL:
             stl = fit_stl(job.config, job.splits, vectorize=STL_VECTORIZE)
-            return _Done(job.candidate, job.seed, stl, time.perf_counter() - started)
+            scores = _choice_scores(stl, job.choice)
+            return _Done(job.candidate, job.seed, stl, time.perf_counter() - started, scores)
         recorders: list[Any] = []
         instrument = None
         if job.record:
@@ -196,7 +211,9 @@ def _train(job: _Job) -> _Done:
         run = fit(job.config, splits=job.splits, instrument=instrument)
         gradient = recorders[0].matrices().get("gradient") if recorders else None
         runs = {t.name: run for t in run.main_tasks}
-        return _Done(job.candidate, job.seed, runs, time.perf_counter() - started, gradient)
+        scores = _choice_scores(runs, job.choice)
+        seconds = time.perf_counter() - started
+        return _Done(job.candidate, job.seed, runs, seconds, scores, gradient)
     except PolytaskError as exc:
         return _Done(job.candidate, job.seed, {}, time.perf_counter() - started, error=str(exc))
 
@@ -473,6 +490,7 @@ def plan(
     candidates: Sequence[str] | None = None,
     budget: float | str | None = None,
     workers: int | None = None,
+    choice_fraction: float = 0.5,
     out: str | Path | None = None,
     overwrite: bool = False,
     frame: pd.DataFrame | None = None,
@@ -486,7 +504,11 @@ def plan(
     ``CANDIDATES`` (default ``DEFAULT_CANDIDATES``; ``stl`` and ``all_in_one`` are always
     trained); ``budget``: a cap on the total wall time (seconds or ``"20m"``): a candidate is
     skipped when the time spent plus the all-in-one candidate's time would pass it;
-    ``workers``: processes that train seeds in parallel, one thread each (default: the
+    ``choice_fraction``: the share of the validation rows held out to score the candidates
+    for the choice (no model stops or selects on them; the rest is every model's validation
+    split). 0 scores on the validation split the models stopped on, which favours the
+    candidates that select per task on it (``per_task``, ``finetune``). ``workers``: processes
+    that train seeds in parallel, one thread each (default: the
     machine's cores, at most one per seed; 1 trains here); ``out``: write
     ``plan.json``, ``comparison.json``, ``comparison.png``, ``run/`` (the deliverable) and
     ``relate/`` there.
@@ -502,6 +524,8 @@ def plan(
     unknown = [n for n in names if n not in CANDIDATES]
     if unknown:
         raise ConfigError(f"candidates: {unknown} are not candidates ({one_of(list(CANDIDATES))})")
+    if not 0.0 <= choice_fraction < 1.0:
+        raise ConfigError(f"choice_fraction: {choice_fraction} must be in [0, 1)")
     if workers is None:
         workers = min(os.cpu_count() or 1, len(seed_list))
     if workers < 1:
@@ -529,7 +553,10 @@ def plan(
         )
     if len(splits.test) == 0:
         raise DataError("plan reports on a test split: give data.test or data.test_fraction > 0")
-    held_back = Splits(splits.train, splits.validation, splits.test.iloc[:0])
+    stopping, choice_rows = divide_validation(
+        splits.validation, choice_fraction, seed=config.data.split_seed
+    )
+    held_back = Splits(splits.train, stopping, splits.test.iloc[:0])
     main = [t for t in tasks if t.is_main]
     metrics = {t.name: t.primary_metric for t in main}
     if len(seed_list) == 1:
@@ -580,6 +607,7 @@ def plan(
                         update={"train": variant.train.model_copy(update={"seed": seed})}
                     ),
                     held_back,
+                    choice_rows,
                     record=name == ALL_IN_ONE and GROUPS in names,
                 )
                 for seed in seed_list
@@ -598,7 +626,7 @@ def plan(
             entry["config"] = _difference(config, variant)
             entry["validation"] = {
                 task: _summary(
-                    [r.runs[task].metrics["validation"][task][metric] for r in results], metric
+                    [r.scores[task][metric] for r in results], metric
                 )
                 for task, metric in metrics.items()
             }
@@ -617,6 +645,8 @@ def plan(
         "format": FORMAT_VERSION,
         "seeds": seed_list,
         "split": "validation",
+        "choice_fraction": choice_fraction,
+        "rows": {"validation (stopping)": len(stopping), "validation (choice)": len(choice_rows)},
         "rule": RULE,
         "budget_seconds": seconds_cap,
         "workers": pool.workers,
@@ -634,6 +664,26 @@ def plan(
     if directory is not None:
         result.save(directory)
     return result
+
+
+def divide_validation(
+    validation: pd.DataFrame, fraction: float, *, seed: int = 0
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The validation rows split at random (fixed ``seed``) into the rows models stop and
+    select on and the ``fraction`` held out to choose between candidates; with ``fraction``
+    0 both are the whole split."""
+    if fraction == 0.0:
+        return validation, validation
+    order = np.random.default_rng(seed).permutation(len(validation))
+    cut = len(validation) - int(round(fraction * len(validation)))
+    if cut < 1 or cut == len(validation):
+        raise DataError(
+            f"plan: {len(validation)} validation rows cannot be divided into rows to stop on "
+            f"and rows to choose on (choice_fraction {fraction}); give more validation rows "
+            "or choice_fraction 0"
+        )
+    keep = np.sort(order[:cut]), np.sort(order[cut:])
+    return tuple(validation.iloc[k].reset_index(drop=True) for k in keep)  # type: ignore[return-value]
 
 
 def _check_plan_dir(directory: Path, overwrite: bool) -> None:

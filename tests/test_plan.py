@@ -22,8 +22,8 @@ from polytask.plan import STL, PlanRun, choose, parse_budget, plan
 # ---- the planted problem ---------------------------------------------------------------------
 #: Cluster A (a0, a1, a2) reads one latent of x0..x2, cluster B (b0, b1, b2) one of x3..x5, each
 #: task labelled on its own third of the rows, so a trunk shared within a cluster sees three
-#: times the rows of an STL network; ``h`` reads x6, x7 only, with labels on every row: in one
-#: shared trunk it takes capacity from both clusters.
+#: times the rows of an STL network; ``h`` is pure noise labelled on every row: in one shared
+#: trunk it takes capacity from both clusters and its validation loss stops them early.
 CLUSTERS = {"a0": 0, "a1": 0, "a2": 0, "b0": 1, "b1": 1, "b2": 1, "h": 2}
 
 
@@ -32,13 +32,12 @@ def planted_frame(n: int, seed: int = 0) -> pd.DataFrame:
     x = rng.normal(size=(n, 8))
     f = np.sin(2 * x[:, 0]) + x[:, 1] * x[:, 2]
     g = np.cos(2 * x[:, 3]) + x[:, 4] * x[:, 5]
-    h = np.sin(3 * x[:, 6] * x[:, 7])
     frame = pd.DataFrame(x, columns=[f"x{i}" for i in range(8)])
     part = rng.integers(0, 3, size=n)
     for i in range(3):
         frame[f"a{i}"] = np.where(part == i, f + 0.2 * rng.normal(size=n), np.nan)
         frame[f"b{i}"] = np.where(part == i, g + 0.2 * rng.normal(size=n), np.nan)
-    frame["h"] = h + 0.05 * rng.normal(size=n)
+    frame["h"] = rng.normal(size=n)
     return frame
 
 
@@ -71,8 +70,8 @@ def test_the_plan_separates_the_planted_clusters_and_beats_stl_and_all_in_one_on
     assert any(len(g) > 1 for g in groups)
     assert report["candidates"]["groups"]["status"] == "trained"
     delta = report["validation_delta_m_percent"]
-    assert delta["groups"] < 0 < delta["all_in_one"]  # sharing within clusters only helps
-    assert delta["plan"] < 0 and delta["plan"] < delta["all_in_one"]
+    assert delta["groups"] < min(0.0, delta["all_in_one"])  # sharing within clusters helps more
+    assert delta["plan"] < min(0.0, delta["all_in_one"])
     assert report["choice"]["h"]["candidate"] == STL
 
 
