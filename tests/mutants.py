@@ -40,6 +40,7 @@ SETTINGS_TESTS = ("tests/test_train_settings.py",)
 SELECT_TESTS = ("tests/test_select.py", "tests/test_train.py")
 ARCHITECTURE_TESTS = ("tests/test_architectures.py",)
 RELATE_TESTS = ("tests/test_relate.py",)
+PLAN_TESTS = ("tests/test_plan.py",)
 
 
 @dataclass(frozen=True)
@@ -436,6 +437,95 @@ def suggest_groups(affinity, tasks, main, *, groups=None):
         RELATE_TESTS,
     ),
 ]
+
+PLAN_MUTANTS = [
+    Mutant(
+        "plan choice → best mean",
+        "plan picks each task's best mean validation score, with no seed-spread guard",
+        "polytask/plan.py",
+        """
+_mutant_choose = choose
+
+
+def choose(scores, metrics):
+    chosen = _mutant_choose(scores, metrics)
+    for task, metric in metrics.items():
+        sign = 1.0 if HIGHER_IS_BETTER[metric] else -1.0
+        best = max(scores, key=lambda c: sign * float(np.mean(scores[c][task])))
+        chosen[task]["candidate"] = best
+    return chosen
+""",
+        PLAN_TESTS,
+    ),
+    Mutant(
+        "plan choice → all-in-one",
+        "plan delivers the all-in-one model for every task",
+        "polytask/plan.py",
+        """
+_mutant_choose = choose
+
+
+def choose(scores, metrics):
+    chosen = _mutant_choose(scores, metrics)
+    for task in metrics:
+        chosen[task]["candidate"] = ALL_IN_ONE
+    return chosen
+""",
+        PLAN_TESTS,
+    ),
+    Mutant(
+        "plan: candidates see the test rows",
+        "plan trains its candidates on splits that keep the test rows",
+        "polytask/plan.py",
+        """
+_mutant_divide = divide_validation
+
+
+class Splits(Splits):
+    def __init__(self, train, validation, test):
+        super().__init__(train, validation, _MUTANT_TEST[0] if len(test) == 0 else test)
+
+
+_MUTANT_TEST = [None]
+_mutant_plan = plan
+
+
+def plan(config, **kwargs):
+    splits = kwargs.get("splits") or load_splits(config, kwargs.get("frame"))
+    _MUTANT_TEST[0] = splits.test
+    kwargs["splits"] = splits
+    return _mutant_plan(config, **kwargs)
+""",
+        PLAN_TESTS,
+    ),
+    Mutant(
+        "plan: choice rows = stopping rows",
+        "plan scores the candidates on the validation rows the models stopped on",
+        "polytask/plan.py",
+        """
+def divide_validation(validation, fraction, *, seed=0):
+    return validation, validation
+""",
+        PLAN_TESTS,
+    ),
+    Mutant(
+        "plan: groups → one for all",
+        "plan's groups candidate gets one group of every main task",
+        "polytask/plan.py",
+        """
+_mutant_grouping = _grouping
+
+
+def _grouping(results, tasks, config, directory):
+    found = _mutant_grouping(results, tasks, config, directory)
+    found["groups"] = [[t.name for t in tasks if t.is_main]]
+    return found
+""",
+        PLAN_TESTS,
+    ),
+]
+
+MUTANTS += PLAN_MUTANTS
 
 # Runs in the child: import polytask from the copy (or fail), then pytest.
 CHILD = """

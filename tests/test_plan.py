@@ -17,7 +17,7 @@ from typer.testing import Result as CliResult
 import polytask as pt
 import polytask.plan as plan_module
 from polytask.cli import app
-from polytask.plan import STL, PlanRun, choose, parse_budget, plan
+from polytask.plan import STL, PlanRun, choose, divide_validation, parse_budget, plan
 
 # ---- the planted problem ---------------------------------------------------------------------
 #: Cluster A (a0, a1, a2) reads one latent of x0..x2, cluster B (b0, b1, b2) one of x3..x5, each
@@ -149,20 +149,25 @@ def test_candidates_never_see_the_test_rows_and_test_labels_change_no_choice(
     frame = make_frame(300, seed=3)
     config, splits = _small(tmp_path, frame)
     seen: list[int] = []
+    stopped_on: list[int] = []
     real_fit, real_stl = plan_module.fit, plan_module.fit_stl
 
     def fit(config: pt.Config, **kwargs: object) -> pt.Run:
         seen.append(len(kwargs["splits"].test))  # type: ignore[union-attr]
+        stopped_on.append(len(kwargs["splits"].validation))  # type: ignore[union-attr]
         return real_fit(config, **kwargs)  # type: ignore[arg-type]
 
     def fit_stl(config: pt.Config, splits: pt.Splits, **kwargs: object) -> dict:
         seen.append(len(splits.test))
+        stopped_on.append(len(splits.validation))
         return real_stl(config, splits, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(plan_module, "fit", fit)
     monkeypatch.setattr(plan_module, "fit_stl", fit_stl)
     first = plan(config, seeds=2, workers=1, candidates=["per_task"], splits=splits)
     assert seen and set(seen) == {0}
+    assert set(stopped_on) == {30}  # half the 60 validation rows; the other half chooses
+    assert first.report["rows"] == {"validation (stopping)": 30, "validation (choice)": 30}
     scrambled = splits.test.copy()
     scrambled["price"] = -scrambled["price"] * 10 + 3
     scrambled["sold"] = 1 - scrambled["sold"]
@@ -185,6 +190,24 @@ def test_candidates_never_see_the_test_rows_and_test_labels_change_no_choice(
     assert "test" not in _keys(chosen(first))
     a, b = first.comparison_json(), second.comparison_json()
     assert a["tasks"]["price"]["stl"]["per_seed"] != b["tasks"]["price"]["stl"]["per_seed"]
+
+
+def test_the_choice_rows_are_validation_rows_no_model_stops_on() -> None:
+    validation = make_frame(101, seed=8)
+    stopping, choice = divide_validation(validation, 0.5, seed=3)
+    assert len(stopping) + len(choice) == 101 and len(choice) == 50
+    both = pd.concat([stopping, choice])
+    assert not both.duplicated().any()
+    pd.testing.assert_frame_equal(
+        both.sort_values("x0").reset_index(drop=True),
+        validation.sort_values("x0").reset_index(drop=True),
+    )
+    again = divide_validation(validation, 0.5, seed=3)
+    pd.testing.assert_frame_equal(again[1], choice)
+    same = divide_validation(validation, 0.0)
+    assert same[0] is validation and same[1] is validation
+    with pytest.raises(pt.DataError, match="choice_fraction"):
+        divide_validation(validation.iloc[:1], 0.5)
 
 
 def _keys(value: object) -> set[str]:
