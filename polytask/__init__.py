@@ -10,6 +10,7 @@ compare honestly with single-task baselines::
     ])
     run = pt.fit(config, out="runs/houses")
     run.predict(frame)
+    planned = pt.plan(config, seeds=5, out="runs/plan")  # what to train together, per task
 """
 
 __version__ = "0.1.0"
@@ -32,6 +33,7 @@ from .errors import ConfigError, DataError, PolytaskError, PolytaskWarning, RunE
 from .grouping import validate_groups
 from .io import Run, load
 from .models import ARCHITECTURES, MLP, MultiTaskModel, build_model
+from .plan import Plan, PlanRun, plan
 from .relate import Relatedness, relate
 from .tasks import KINDS, Task
 from .train import Trainer, fit, load_splits
@@ -50,6 +52,8 @@ __all__ = [
     "DataError",
     "ModelConfig",
     "MultiTaskModel",
+    "Plan",
+    "PlanRun",
     "PolytaskError",
     "PolytaskWarning",
     "Preprocessor",
@@ -72,6 +76,7 @@ __all__ = [
     "load_splits",
     "make_balancer",
     "parse_config",
+    "plan",
     "read_table",
     "register_balancer",
     "relate",

@@ -467,20 +467,42 @@ def _print_relatedness(result: Any) -> None:
 def demo(
     seeds: int = typer.Option(3, min=1, help="Number of seeds."),
     out: Path = typer.Option(
-        None, "--out", "-o", help="Directory for comparison.json and the plot."
+        None, "--out", "-o", help="Directory for plan.json, comparison.json and run/."
+    ),
+    workers: int = typer.Option(
+        None, min=1, help="Processes training seeds in parallel (default: cores, at most seeds)."
     ),
     quiet: bool = QUIET,
 ) -> None:
-    """STL vs MTL on the built-in Yeast data (14 binary tasks, real labels)."""
-    from .demo import demo_config
+    """`plan` on the built-in Yeast data (14 binary tasks, real labels): which tasks to train
+    together, against one shared network and one network per task."""
+    from .demo import DEMO_CANDIDATES, demo_config
+    from .plan import plan as make_plan
 
     cfg = demo_config()
     if not quiet:
         console.print(
-            "Yeast: 2,417 genes, 103 features, 14 functional classes as 14 binary tasks "
-            "(fixed split 60/15/25). Training 1 shared model and 14 single-task models per seed."
+            "Yeast: 2,417 genes, 103 features, 14 functional classes as 14 binary tasks (fixed "
+            f"split 60/15/25). plan trains {', '.join(DEMO_CANDIDATES)} for {seeds} seed(s), "
+            "chooses per task on validation rows no model stopped on, then tests."
         )
-    _run_comparison(cfg, seeds, out, quiet)
+    with console.status("planning", spinner="dots") if not quiet else _Null() as status:
+
+        def note(message: str) -> None:
+            if status is not None:
+                status.update(f"training {message}")
+
+        result = make_plan(
+            cfg,
+            seeds=seeds,
+            candidates=DEMO_CANDIDATES,
+            workers=workers,
+            out=out,
+            on_progress=note,
+        )
+    _print_plan(result.report, result.comparison_json())
+    if out is not None:
+        console.print(f"written: {out / 'plan.json'}, {out / 'comparison.json'}, {out / 'run'}")
 
 
 @app.command()
