@@ -85,7 +85,7 @@ def _numeric(series: pd.Series, what: str) -> np.ndarray:
     return values
 
 
-def _label_key(value: Any) -> str:
+def label_key(value: Any) -> str:
     """Canonical string for a class label, so 1, 1.0 and '1' read from CSV agree."""
     if isinstance(value, (bool, np.bool_)):
         return str(int(value))
@@ -198,7 +198,7 @@ class Preprocessor:
             stds.append(std if std > 1e-12 else 1.0)
             medians.append(median)
         categories = {
-            c: sorted({_label_key(v) for v in frame[c].dropna().unique()}) for c in categorical
+            c: sorted({label_key(v) for v in frame[c].dropna().unique()}) for c in categorical
         }
 
         if inferred:
@@ -257,7 +257,7 @@ class Preprocessor:
         x_cat = np.zeros((n, len(self.categorical)), dtype=np.int64)
         for j, column in enumerate(self.categorical):
             lookup = {v: i + 1 for i, v in enumerate(self.categories[column])}
-            keys = [None if pd.isna(v) else _label_key(v) for v in frame[column]]
+            keys = [None if pd.isna(v) else label_key(v) for v in frame[column]]
             x_cat[:, j] = [0 if k is None else lookup.get(k, 0) for k in keys]
             unseen = sorted({k for k in keys if k is not None and k not in lookup})
             if unseen:  # encoded as "unknown" (code 0), like a missing category
@@ -292,7 +292,7 @@ class Preprocessor:
             for i, (value, labelled) in enumerate(zip(series, mask, strict=True)):
                 if not labelled:
                     continue
-                key = _label_key(value)
+                key = label_key(value)
                 if key not in lookup:
                     raise DataError(
                         f"{what}: label {value!r} in {where(series, [series.index[i]])} is not "
@@ -462,9 +462,9 @@ def _fit_target(task: Task, frame: pd.DataFrame) -> TargetSpec:
     if labelled.empty:
         raise DataError(f"{what} has no labelled rows")
     if task.kind in ("binary", "multiclass"):
-        seen = sorted({_label_key(v) for v in labelled.unique()}, key=_class_order)
+        seen = sorted({label_key(v) for v in labelled.unique()}, key=_class_order)
         if task.classes is not None:
-            classes = [_label_key(c) for c in task.classes]
+            classes = [label_key(c) for c in task.classes]
             unknown = [c for c in seen if c not in classes]
             if unknown:
                 raise DataError(

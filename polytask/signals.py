@@ -37,7 +37,7 @@ from .config import (
     Representation,
     format_validation_error,
 )
-from .data import Splits, _class_order, _label_key, _numeric, time_split
+from .data import Splits, _class_order, _numeric, label_key, time_split
 from .errors import ConfigError, DataError
 from .tasks import Task, check_tasks
 
@@ -146,7 +146,7 @@ def column_task(
     state: dict[str, Any] = {"task": name, "column": column, "kind": kind}
     classes = None
     if kind in ("binary", "multiclass"):
-        seen = {_label_key(v) for v in splits.train[column].dropna().unique()}
+        seen = {label_key(v) for v in splits.train[column].dropna().unique()}
         classes = sorted(seen, key=_class_order)
         if kind == "binary" and seen <= {"0", "1"}:
             classes = ["0", "1"]
@@ -160,7 +160,7 @@ def column_task(
         def known(frame: pd.DataFrame) -> pd.DataFrame:
             if not len(frame):
                 return frame
-            keys = frame[column].map(lambda v: None if pd.isna(v) else _label_key(v))
+            keys = frame[column].map(lambda v: None if pd.isna(v) else label_key(v))
             return frame.assign(**{column: frame[column].where(keys.isin(classes))})
 
         splits = Splits(splits.train, known(splits.validation), known(splits.test))
@@ -291,11 +291,11 @@ def focus(
         kind, value = rule.rule
         entry: dict[str, Any] = {"column": rule.column, "rule": kind, "value": value}
         if kind == "equals":
-            key = _label_key(value)
+            key = label_key(value)
 
             def flag(frame: pd.DataFrame, c: str = rule.column, k: str = key) -> pd.Series:
                 series = frame[c]
-                return series.map(lambda v: np.nan if pd.isna(v) else float(_label_key(v) == k))
+                return series.map(lambda v: np.nan if pd.isna(v) else float(label_key(v) == k))
         else:
             threshold = float(value)
             if kind.endswith("_quantile"):

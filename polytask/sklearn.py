@@ -48,7 +48,7 @@ except ImportError as exc:  # both came with scikit-learn 1.6
     ) from exc
 
 from .config import Config, DataConfig, ModelConfig, TrainConfig
-from .data import _label_key
+from .data import label_key
 from .tasks import Task
 from .train import fit as _fit_run
 
@@ -399,9 +399,9 @@ class MultiTaskEstimator(_MultiTaskBase):
             if task.kind not in ("binary", "multiclass"):
                 continue
             column = columns[self._target_index[task.columns[0]]]
-            seen = {_label_key(v): v for v in column[~pd.isna(column)]}
+            seen = {label_key(v): v for v in column[~pd.isna(column)]}
             for declared in task.classes or []:
-                seen.setdefault(_label_key(declared), declared)
+                seen.setdefault(label_key(declared), declared)
             known = self.run_.preprocessor.targets[task.name].classes or []
             self.classes_[task.name] = np.asarray([seen[key] for key in known])
         return self
