@@ -18,6 +18,7 @@ all-in-one in ``compare``'s schema.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import shutil
@@ -263,21 +264,25 @@ def choose(
     for task, metric in metrics.items():
         sign = 1.0 if HIGHER_IS_BETTER[metric] else -1.0
         base = np.asarray(scores[STL][task], dtype=float)
-        best, best_mean, best_gain, best_spread = STL, sign * float(np.mean(base)), 0.0, 0.0
+        best, best_gain, best_spread = STL, 0.0, 0.0
+        best_mean = -math.inf  # the mean (signed) of the best candidate that passed
         passed: list[str] = []
         for name, by_task in scores.items():
             if name == STL or task not in by_task:
                 continue
             values = np.asarray(by_task[task], dtype=float)
-            if values.shape != base.shape or np.isnan(values).any():
+            if values.shape != base.shape:
                 continue
-            diff = sign * (values - base)
+            paired = np.isfinite(values) & np.isfinite(base)  # seeds where both are defined
+            if not paired.any():
+                continue
+            diff = sign * (values[paired] - base[paired])
             gain = float(diff.mean())
             spread = float(diff.std(ddof=1)) if diff.size > 1 else 0.0
-            if gain <= spread:
+            if not gain > spread:
                 continue
             passed.append(name)
-            mean = sign * float(values.mean())
+            mean = sign * float(values[paired].mean())
             if mean > best_mean:  # strictly: an equal mean stays with the simpler candidate
                 best, best_mean, best_gain, best_spread = name, mean, gain, spread
         if best == STL:
@@ -626,7 +631,7 @@ def plan(
             entry["config"] = _difference(config, variant)
             entry["validation"] = {
                 task: _summary(
-                    [r.scores[task][metric] for r in results], metric
+                    [r.scores.get(task, {}).get(metric, math.nan) for r in results], metric
                 )
                 for task, metric in metrics.items()
             }

@@ -128,6 +128,17 @@ def test_the_choice_follows_the_metric_direction() -> None:
     assert worse["t"]["candidate"] == STL
 
 
+def test_an_undefined_score_never_counts_as_a_gain() -> None:
+    nan = float("nan")
+    chosen = choose({"stl": {"t": [nan, nan, nan]}, "mmoe": {"t": [0.9, 0.8, 0.7]}}, {"t": "auc"})
+    assert chosen["t"]["candidate"] == STL
+    chosen = choose(
+        {"stl": {"t": [0.5, nan, 0.5]}, "mmoe": {"t": [0.6, 0.1, 0.6]}}, {"t": "accuracy"}
+    )
+    assert chosen["t"]["candidate"] == "mmoe"  # compared on the two seeds both are defined
+    assert chosen["t"]["gain"] == pytest.approx(0.1)
+
+
 def test_of_two_candidates_that_pass_the_better_mean_wins() -> None:
     stl = [0.5, 0.5, 0.5]
     chosen = choose(
