@@ -202,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", type=Path, default=None, help="keep the plan directories here")
     parser.add_argument("--out", type=Path, default=None, help="results folder")
     args = parser.parse_args(argv)
+    torch.set_num_threads(1)  # the workers use one thread each; tiny models gain nothing from more
     results_dir = args.out or (RESULTS.parent / "quick" / "plan" if args.quick else RESULTS)
     if args.render:
         text = markdown(load_results(ORDER))
