@@ -9,7 +9,7 @@ TORCH := torch==2.13.0
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e ".[dev,parquet,benchmarks,aggregators]"
+	$(PY) -m pip install -q -e ".[dev,parquet,benchmarks,aggregators,logging]"
 	touch $@
 
 install: $(VENV)/.installed

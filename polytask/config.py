@@ -199,7 +199,13 @@ class FinetuneConfig(_Section):
 
 
 class TrainConfig(_Section):
-    """Optimization: balancer, optimizer, budget, early stopping, seed and device."""
+    """Optimization: balancer, optimizer, budget, early stopping, seed and device.
+
+    ``log``: where each epoch's record goes besides ``history.csv`` (``none``, ``tensorboard``,
+    ``mlflow``; see docs/logging.md); ``log_dir``: the folder for TensorBoard's event files or
+    MLflow's store (default: the run directory's ``logs/``); ``log_experiment``: the MLflow
+    experiment's name.
+    """
 
     _section: ClassVar[str] = "train"
 
@@ -219,6 +225,23 @@ class TrainConfig(_Section):
     amp: bool = False
     select: Literal["joint", "per_task"] = "joint"
     finetune: FinetuneConfig | None = None
+    log: str = "none"
+    log_dir: Path | None = None
+    log_experiment: str = Field(default="polytask", min_length=1)
+
+    @field_validator("log")
+    @classmethod
+    def _known_log(cls, name: str) -> str:
+        from .logs import LOGGERS
+
+        return _known(name, {"none": None, **LOGGERS}, "a logging backend")
+
+    @field_validator("log_dir")
+    @classmethod
+    def _log_dir_of_a_backend(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is not None and info.data.get("log") == "none":
+            raise ValueError("set train.log (tensorboard or mlflow) to log to a folder")
+        return value
 
     @field_validator("balancer")
     @classmethod

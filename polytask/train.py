@@ -30,6 +30,7 @@ from .config import NO_VALIDATION_TO_SELECT, Config, TrainConfig
 from .data import Preprocessor, Splits, TaskData, read_table, split_indices
 from .errors import ConfigError, DataError, RunError
 from .evaluate import HIGHER_IS_BETTER
+from .logs import check_logging, open_logger
 from .losses import TaskLosses, TaskLossValues
 from .models import MultiTaskModel, Trunk, build_model, check_parameter_groups
 from .tasks import Task, check_tasks
@@ -713,6 +714,7 @@ def fit(
     init_distributed()
     if out is not None and _distributed()[0] == 0:
         io.check_run_dir(out, resume=resume, overwrite=overwrite)
+    check_logging(config.train, out=out)  # train.log's package and folder, before any work
     tasks = resolve_tasks(config)
     if splits is None:
         splits = load_splits(config, frame)
@@ -741,8 +743,10 @@ def fit(
     per_task = config.train.select == "per_task"
     if per_task and "validation" not in encoded:
         raise ConfigError(NO_VALIDATION_TO_SELECT)
+    logger = open_logger(config, out=out, resume=resume, rank=trainer.rank)
+    trainer.callback = logger.chain(callback)
     started = time.perf_counter()
-    with instrument(trainer) if instrument is not None else contextlib.nullcontext():
+    with logger, instrument(trainer) if instrument is not None else contextlib.nullcontext():
         history = trainer.fit(
             encoded["train"],
             encoded.get("validation"),
