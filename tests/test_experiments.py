@@ -333,7 +333,7 @@ def test_learning_rate_verdict_follows_the_matched_control() -> None:
 def test_shared_gradient_norms_match_backward() -> None:
     """The summed-loss gradient norm equals what loss.backward() leaves in the shared .grad."""
     splits, names = learning_rate.problem(0, quick=True)
-    cfg = learning_rate._sgd_config(splits, names, 0, learning_rate.settings(True), 0.01)
+    cfg = learning_rate.sgd_config(splits, names, 0, learning_rate.settings(True), 0.01)
     preprocessor = pt.Preprocessor.fit(splits.train, cfg.tasks, features=cfg.data.features)
     data = pt.TaskData.from_frame(splits.train, preprocessor)
     torch.manual_seed(0)

@@ -202,6 +202,7 @@ def split_frame(frame: pd.DataFrame, n_train: int, n_validation: int) -> Splits:
 
 
 def columns(prefix: str, n: int) -> list[str]:
+    """``prefix0`` … ``prefix{n-1}``."""
     return [f"{prefix}{i}" for i in range(n)]
 
 
@@ -255,6 +256,7 @@ def fit_score(cfg: Config, splits: Splits, task: str, metric: str = "rmse") -> f
 
 
 def regression(name: str, *, auxiliary: bool = False, weight: float = 1.0) -> Task:
+    """A regression task on the column ``name``, main or auxiliary."""
     return Task(
         name=name, kind="regression", role="auxiliary" if auxiliary else "main", weight=weight
     )
@@ -263,7 +265,7 @@ def regression(name: str, *, auxiliary: bool = False, weight: float = 1.0) -> Ta
 # ---- plots ----------------------------------------------------------------------------------
 
 
-def pyplot():
+def pyplot() -> Any:
     """matplotlib's pyplot on the Agg backend (imported only when a plot is drawn)."""
     import matplotlib
 

@@ -61,7 +61,10 @@ def problem(seed: int, quick: bool) -> tuple[Splits, list[str]]:
     return split_frame(frame, sizes["n_train"], sizes["n_validation"]), names
 
 
-def _sgd_config(splits: Splits, names: Sequence[str], seed: int, s: dict[str, Any], lr: float):
+def sgd_config(
+    splits: Splits, names: Sequence[str], seed: int, s: dict[str, Any], lr: float
+) -> Config:
+    """``names[0]`` as the main task, the rest auxiliary; SGD with momentum 0.9 at ``lr``."""
     cfg = config(
         splits,
         features=columns("x", amplification.N_INPUTS),
@@ -140,19 +143,19 @@ def run(seeds: Sequence[int], out: Path, quick: bool) -> dict[str, Any]:
     rows = []
     for seed in seeds:
         splits, names = problem(seed, quick)
-        norms = gradient_growth(_sgd_config(splits, names, seed, s, s["lr"]), splits, names, seed)
+        norms = gradient_growth(sgd_config(splits, names, seed, s, s["lr"]), splits, names, seed)
         early = norms["after_10_epochs"]
         growth = early[MATCHED] / early[1]
         mtl_names = names[:MATCHED]
-        single = _sgd_config(splits, names[:1], seed, s, s["lr"])
+        single = sgd_config(splits, names[:1], seed, s, s["lr"])
         row = {
             "seed": seed,
             "norms": norms,
             "growth": growth,
             "stl": fit_score(single, splits, "T"),
-            "mtl": fit_score(_sgd_config(splits, mtl_names, seed, s, s["lr"]), splits, "T"),
+            "mtl": fit_score(sgd_config(splits, mtl_names, seed, s, s["lr"]), splits, "T"),
             "stl_matched": fit_score(
-                _sgd_config(splits, names[:1], seed, s, s["lr"] * growth), splits, "T"
+                sgd_config(splits, names[:1], seed, s, s["lr"] * growth), splits, "T"
             ),
         }
         rows.append(row)
