@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .errors import RunError
+from .errors import PolytaskError, RunError
 
 #: The kinds of directory a report is made of, and the file that identifies each.
 REPORT_KINDS: dict[str, str] = {
@@ -251,8 +251,8 @@ def _run_sections(page: _Page, directory: Path, *, label: str) -> None:
 
         try:
             config = parse_config(yaml.safe_load((directory / "config.yaml").read_text()))
-        except Exception:  # a report still shows what it can of a config it cannot parse
-            config = None
+        except (PolytaskError, yaml.YAMLError, ValueError):
+            config = None  # the page still shows the file as text and what else it can
     summary = [
         ("best epoch", metrics.get("best_epoch")),
         ("stopped early", metrics.get("stopped_early")),
@@ -340,7 +340,9 @@ def _delta_m(result: Mapping[str, Any]) -> str:
     )
 
 
-def _comparison_sections(page: _Page, result: Mapping[str, Any]) -> None:
+def _comparison_sections(
+    page: _Page, result: Mapping[str, Any], *, title: str = "STL vs MTL"
+) -> None:
     from .report import plot_comparison
 
     seeds = len(result.get("seeds", []))
@@ -373,7 +375,7 @@ def _comparison_sections(page: _Page, result: Mapping[str, Any]) -> None:
         summary += "<ul>" + "".join(f"<li>{esc(w)}</li>" for w in warnings) + "</ul>"
     plot = page.plot(lambda d: plot_comparison(result, d / "comparison.png"), "STL vs MTL")
     page.add(
-        "STL vs MTL",
+        title,
         summary
         + '<p class="note">per-task primary metric on the test split, bars: mean, error bars: '
         "± std over seeds; one panel per metric and scale.</p>" + plot + table,
@@ -449,12 +451,7 @@ def _build_plan(page: _Page, directory: Path) -> None:
         ),
     )
     plain = {k: v for k, v in result.items() if k != "vs_all_in_one"}
-    _comparison_sections(page, plain)
-    page.sections[-1] = (
-        page.sections[-1][0],
-        "Plan vs STL (MTL bars: the plan's per-task choice)",
-        page.sections[-1][2],
-    )
+    _comparison_sections(page, plain, title="Plan vs STL (MTL bars: the plan's per-task choice)")
     run = directory / "run"
     if (run / "members.json").is_file():
         _members(page, run)
