@@ -13,6 +13,7 @@ import importlib.util
 import json
 import os
 import re
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -124,7 +125,8 @@ class TensorBoardLogger(EpochLogger):
         self.writer.close()
 
 
-_NOT_IN_MLFLOW_KEYS = re.compile(r"[^\w.\- /]")
+# MLflow's rule for keys: a colon is allowed except on Windows
+_NOT_IN_MLFLOW_KEYS = re.compile(r"[^\w.\- /]" if sys.platform == "win32" else r"[^\w.\- /:]")
 
 
 def mlflow_key(name: str) -> str:
@@ -251,7 +253,7 @@ def check_logging(config: TrainConfig, *, out: str | Path | None) -> None:
     missing = [m for m in backend.modules if importlib.util.find_spec(m) is None]
     if missing:
         raise ConfigError(
-            f"train.log: {config.log!r} needs {', '.join(missing)}, which is not installed: {EXTRA}"
+            f"train.log: {config.log!r} needs {', '.join(missing)} (not installed): {EXTRA}"
         )
     if backend.location(config, Path(out) if out is not None else None) is None:
         raise ConfigError(

@@ -177,6 +177,16 @@ def test_mlflow_follows_the_tracking_uri_and_marks_a_failed_fit(
     assert not (tmp_path / "run" / "logs" / "mlflow.db").exists()
 
 
+def test_mlflow_keys_keep_task_names_mlflow_accepts() -> None:
+    pytest.importorskip("mlflow")
+    from mlflow.utils.validation import validate_param_and_metric_name
+
+    for name in ("val_loss/price", "weight/bin:price", "train_loss/a+b (%)", "val_loss/größe"):
+        assert validate_param_and_metric_name(mlflow_key(name)), name
+    assert mlflow_key("val_loss/price") == "val_loss/price"
+    assert mlflow_key("train_loss/a+b (%)") == "train_loss/a_b ___"
+
+
 # ---- checked before training -----------------------------------------------------------------
 @pytest.mark.parametrize(
     ("backend", "module"), [("tensorboard", "tensorboard"), ("mlflow", "mlflow")]
