@@ -67,7 +67,7 @@ def run_experiment(
     """Run experiment ``name`` for ``seeds`` (a count: 0 … n-1, or the seeds themselves), write
     ``out/result.json`` and its plots, and return the result."""
     if name not in EXPERIMENTS:
-        raise ConfigError(f"experiment {name!r} is not known ({one_of(EXPERIMENTS)})")
+        raise ConfigError(f"experiment {name!r} is not known ({one_of(sorted(EXPERIMENTS))})")
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
     if not seed_list:
         raise ConfigError("seeds: at least one seed is needed")

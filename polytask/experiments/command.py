@@ -63,7 +63,7 @@ def experiments_table() -> Table:
     table = Table(title="experiments (polytask experiment NAME)")
     for col in ("name", "what", "claim tested"):
         table.add_column(col)
-    for exp in EXPERIMENTS.values():
+    for _, exp in sorted(EXPERIMENTS.items()):
         table.add_row(exp.name, escape(exp.description), escape(exp.claim))
     return table
 
