@@ -278,7 +278,7 @@ def open_logger(
     out = Path(out) if out is not None else None
     where = backend.location(train, out)
     assert where is not None  # check_logging
-    if out is not None and not resume and where == out / LOG_FOLDER:
+    if out is not None and not resume and isinstance(where, Path) and where == out / LOG_FOLDER:
         for pattern in backend.own_files:
             for path in where.glob(pattern):
                 path.unlink()
