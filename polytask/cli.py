@@ -550,6 +550,14 @@ def architectures() -> None:
     console.print(table)
 
 
+from .commands_extra import init_command, report_command  # noqa: E402
+from .experiments.command import experiment  # noqa: E402
+
+app.command(name="report")(report_command)
+app.command(name="init")(init_command)
+app.command()(experiment)
+
+
 def _version(value: bool) -> None:
     if value:
         from . import __version__

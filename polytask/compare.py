@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 
 from .baselines import fit_stl
-from .config import Config
+from .config import NO_LOG, Config
 from .errors import DataError
 from .evaluate import (
     HIGHER_IS_BETTER,
@@ -290,7 +290,8 @@ def compare(
     result.scores = {m: {t.name: [] for t in tasks if t.is_main} for m in ("stl", "mtl")}
     result.seconds = {"stl": 0.0, "mtl": 0.0}
     for seed in seed_list:
-        seeded = config.model_copy(update={"train": config.train.model_copy(update={"seed": seed})})
+        train = config.train.model_copy(update={"seed": seed, **NO_LOG})
+        seeded = config.model_copy(update={"train": train})
         if on_progress:
             on_progress(f"seed {seed}: MTL")
         started = time.perf_counter()

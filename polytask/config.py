@@ -198,6 +198,11 @@ class FinetuneConfig(_Section):
     patience: PositiveInt | None = 5
 
 
+#: The train fields that turn experiment logging off: ``compare``, ``plan`` and
+#: ``validate_groups`` train many models without run directories and log none of them.
+NO_LOG: dict[str, Any] = {"log": "none", "log_dir": None}
+
+
 class TrainConfig(_Section):
     """Optimization: balancer, optimizer, budget, early stopping, seed and device.
 

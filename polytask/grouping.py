@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from .baselines import fit_stl
-from .config import Config
+from .config import NO_LOG, Config
 from .errors import ConfigError, DataError
 from .evaluate import confidence_interval, delta_m, mean_std
 from .models.grouped import group_problems
@@ -90,7 +90,7 @@ def validate_groups(
         "all_in_one": config.model.model_copy(update={"groups": None}),
     }
     for seed in seed_list:
-        train = config.train.model_copy(update={"seed": seed})
+        train = config.train.model_copy(update={"seed": seed, **NO_LOG})
         for arm in ARMS:
             if on_progress:
                 on_progress(f"seed {seed}: {arm}")

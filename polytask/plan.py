@@ -37,7 +37,7 @@ import pandas as pd
 
 from .baselines import fit_stl
 from .compare import Comparison
-from .config import Config, FinetuneConfig
+from .config import NO_LOG, Config, FinetuneConfig
 from .data import Splits
 from .errors import ConfigError, DataError, PolytaskError, PolytaskWarning, RunError, one_of
 from .evaluate import HIGHER_IS_BETTER, delta_m, mean_std
@@ -609,7 +609,7 @@ def plan(
                     name,
                     seed,
                     variant.model_copy(
-                        update={"train": variant.train.model_copy(update={"seed": seed})}
+                        update={"train": variant.train.model_copy(update={"seed": seed, **NO_LOG})}
                     ),
                     held_back,
                     choice_rows,

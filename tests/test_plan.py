@@ -344,3 +344,15 @@ def test_a_run_on_a_registered_data_set_loads_back(tmp_path: Path) -> None:
     """Config.to_yaml once wrote a data set's split keys, which loading then refused."""
     config = pt.Config(data=pt.DataConfig(dataset="macro"))
     assert pt.parse_config(yaml.safe_load(config.to_yaml())).data.dataset == "macro"
+
+
+def test_plan_and_compare_train_their_many_models_without_logging(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    config, splits = _small(tmp_path, make_frame(200, seed=9))
+    logs = tmp_path / "logs"
+    logged = config.model_copy(
+        update={"train": config.train.model_copy(update={"log": "tensorboard", "log_dir": logs})}
+    )
+    plan(logged, seeds=2, workers=1, candidates=["per_task"], splits=splits)
+    pt.compare(logged, seeds=2, splits=splits)
+    assert not logs.exists()
