@@ -4,12 +4,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 TORCH := torch==2.13.0
 
-.PHONY: demo test lint bench mutants install clean
+.PHONY: demo test lint bench mutants install docs clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e ".[dev,parquet,benchmarks,aggregators,logging]"
+	$(PY) -m pip install -q -e ".[dev,parquet,benchmarks,aggregators,logging,docs]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -22,6 +22,11 @@ lint: install
 
 test: install lint
 	$(PY) -m pytest -q
+
+# The docs site (mkdocs.yml) into site/, warnings as errors; the CLI, config and API references
+# are generated from the code at build time (scripts/docs_gen.py).
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
 
 # Quick versions (a few minutes); the full runs are documented in docs/benchmarks.md.
 bench: install
