@@ -52,6 +52,17 @@ def _cell(text: str) -> str:
     return "`".join(p if i % 2 else p.replace("|", "\\|") for i, p in enumerate(parts))
 
 
+_TABLE_HEAD = ["| name | description |", "|---|---|"]
+
+
+def _option_row(param: Any, ctx: Any) -> str | None:
+    """A click parameter's table row (its declaration and help), or None when hidden."""
+    record = param.get_help_record(ctx)
+    if record is None or getattr(param, "hidden", False):
+        return None
+    return f"| {_cell(f'`{record[0]}`')} | {_cell(record[1])} |"
+
+
 def cli_reference() -> str:
     """The CLI reference page: each command's help, usage, arguments and options."""
     import typer
@@ -68,9 +79,12 @@ def cli_reference() -> str:
         "",
         _cell(group.help or ""),
         "",
-        "| command | what it does |",
-        "|---|---|",
     ]
+    options = [_option_row(p, root) for p in group.get_params(root)]
+    options = [row for row in options if row]
+    if options:
+        lines += ["**Options of `polytask` itself**", "", *_TABLE_HEAD, *options, ""]
+    lines += ["| command | what it does |", "|---|---|"]
     commands = cli_commands()
     for name, command in commands.items():
         short = inspect.cleandoc(command.help or "").split("\n\n")[0]
@@ -82,14 +96,12 @@ def cli_reference() -> str:
         lines.append(inspect.cleandoc(command.help or ""))
         arguments, options = [], []
         for param in command.get_params(ctx):
-            record = param.get_help_record(ctx)
-            if record is None or getattr(param, "hidden", False):
-                continue
-            row = f"| {_cell(f'`{record[0]}`')} | {_cell(record[1])} |"
-            (options if param.param_type_name == "option" else arguments).append(row)
+            row = _option_row(param, ctx)
+            if row:
+                (options if param.param_type_name == "option" else arguments).append(row)
         for title, rows in (("Arguments", arguments), ("Options", options)):
             if rows:
-                lines += ["", f"**{title}**", "", "| name | description |", "|---|---|", *rows]
+                lines += ["", f"**{title}**", "", *_TABLE_HEAD, *rows]
     return "\n".join(lines) + "\n"
 
 
@@ -226,8 +238,8 @@ def _doc_text(text: str) -> str:
     return text.replace("``", "`")
 
 
-def config_reference() -> str:
-    """The config reference page: one table of fields per section of ``Config``."""
+def config_reference(root: type[BaseModel] | None = None) -> str:
+    """The config reference page: one table of fields per section of ``root`` (``Config``)."""
     lines = [
         "# Config reference",
         "",
@@ -235,7 +247,7 @@ def config_reference() -> str:
         "build time. A YAML config (or `pt.Config` built in Python) has these sections; an "
         "unknown key is an error that names it.",
     ]
-    for path, model in config_sections():
+    for path, model in config_sections(root):
         title = path or "top level"
         heading = f"`{title}`" if path else title
         lines += ["", f"## {heading} {{#{section_id(path)}}}", ""]
