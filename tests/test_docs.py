@@ -42,7 +42,7 @@ def _help_commands() -> set[str]:
     result = CliRunner().invoke(cli.app, ["--help"], env={"COLUMNS": "200", "NO_COLOR": "1"})
     assert result.exit_code == 0, result.output
     panel = result.output.split("Commands", 1)[1]
-    return set(re.findall(r"^│ (\S+) {2,}\S", panel, re.M))
+    return set(re.findall(r"^(?:│ | {2})(\S+) {2,}\S", panel, re.M))  # rich or plain click
 
 
 def _sections(page: str) -> dict[str, str]:
