@@ -159,6 +159,15 @@ def test_every_docs_page_is_in_the_nav() -> None:
     assert {p for p in pages | generated if f": {p}" not in nav} == set()
 
 
+def test_pages_link_outside_docs_only_to_committed_files() -> None:
+    # A plot or result a page links to must be in git, or the build passes here and fails in CI.
+    listed = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True)
+    if listed.returncode != 0:
+        pytest.skip("not a git checkout")
+    tracked = set(listed.stdout.split())
+    assert set(gen.outside_links(ROOT / "docs").values()) - tracked == set()
+
+
 def test_strict_build(tmp_path: Path) -> None:
     pytest.importorskip("mkdocs", reason="mkdocs is not installed (pip install -e '.[docs]')")
     pytest.importorskip("mkdocstrings", reason="mkdocstrings is not installed")
