@@ -1,4 +1,4 @@
-"""The generated parts of the docs site: CLI and config references, and files outside docs/.
+"""The generated parts of the docs site: CLI, config and API references, and files outside docs/.
 
 Used two ways: as a MkDocs hook (``hooks:`` in mkdocs.yml), which adds the generated pages to
 every build so they cannot go stale, and as a script, ``python scripts/docs_gen.py OUT_DIR``,
