@@ -71,6 +71,11 @@ def _fmt(value: float | None, digits: int = 2, sign: bool = True) -> str:
     return f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
 
 
+def _num(value: float | None) -> float:
+    """JSON writes NaN as null."""
+    return math.nan if value is None else float(value)
+
+
 def _ci(values: list[float]) -> str:
     return f"[{_fmt(values[0])}, {_fmt(values[1])}]"
 
@@ -121,11 +126,12 @@ def _all_in_one_vs_stl(c: dict[str, Any]) -> float:
     for name, t in c["tasks"].items():
         aio = c["vs_all_in_one"]["tasks"][name]["stl"]["per_seed"]
         stl = t["stl"]["per_seed"]
-        changes += [
-            sum(relative_change(t["metric"], x, s) for x, s in zip(aio, stl, strict=True))
-            / len(stl)
+        per_seed = [
+            relative_change(t["metric"], _num(x), _num(s)) for x, s in zip(aio, stl, strict=True)
         ]
-    return sum(changes) / len(changes) if changes else math.nan
+        changes += [sum(per_seed) / len(per_seed)]
+    finite = [c for c in changes if not math.isnan(c)]
+    return sum(finite) / len(finite) if finite else math.nan
 
 
 def _dataset_section(r: dict[str, Any]) -> list[str]:
@@ -148,7 +154,7 @@ def _dataset_section(r: dict[str, Any]) -> list[str]:
             lines.append(f"| {name} | {entry['status']}: {entry.get('reason', '')} | — | — |")
             continue
         changes = [
-            relative_change(v["metric"], v["mean"], stl[task]["mean"])
+            relative_change(v["metric"], _num(v["mean"]), _num(stl[task]["mean"]))
             for task, v in entry["validation"].items()
         ]
         finite = [x for x in changes if not math.isnan(x)]
@@ -172,12 +178,14 @@ def _dataset_section(r: dict[str, Any]) -> list[str]:
             if choice["candidate"] == "stl"
             else f"{choice['gain']:.4f} ± {choice['spread']:.4f}"
         )
+
+        def score(s: dict[str, Any]) -> str:
+            return f"{_fmt(s['mean'], 4, False)} ± {_fmt(s['std'], 4, False)}"
+
         lines.append(
-            f"| {name} ({t['metric']}) | {choice['candidate']} | {gain} | "
-            f"{t['stl']['mean']:.4f} ± {t['stl']['std']:.4f} | "
-            f"{aio['mean']:.4f} ± {aio['std']:.4f} | "
-            f"{t['mtl']['mean']:.4f} ± {t['mtl']['std']:.4f} | "
-            f"{_fmt(t['relative_change_percent'])} | {t['verdict']} |"
+            f"| {name} ({t['metric']}) | {choice['candidate']} | {gain} | {score(t['stl'])} | "
+            f"{score(aio)} | {score(t['mtl'])} | {_fmt(t['relative_change_percent'])} | "
+            f"{t['verdict']} |"
         )
     lines += ["", "</details>", ""]
     return lines
