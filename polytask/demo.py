@@ -4,13 +4,10 @@ the plan against one shared network (all-in-one) and one network per task (STL).
 from __future__ import annotations
 
 from .config import Config, DataConfig, ModelConfig, TrainConfig
+from .plan import DEFAULT_CANDIDATES
 
-#: The candidates the demo tries: plan's defaults less ``finetune`` and ``soft_sharing``, the
-#: two slowest on Yeast (55 s and 22 s of the 3.5 min that all seven took for 5 seeds on 2
-#: cores in ``benchmarks/plan.py``; see docs/benchmarks.md), so the demo stays near a minute.
-#: Left out for time, not for their scores (there finetune was chosen for no task,
-#: soft_sharing for 2 of 14: the full plan can choose differently from the demo).
-DEMO_CANDIDATES = ("stl", "all_in_one", "groups", "per_task", "mmoe")
+#: The candidates the demo tries: plan's defaults (about 80 s for 3 seeds on 2 cores).
+DEMO_CANDIDATES = DEFAULT_CANDIDATES
 
 
 def demo_config() -> Config:
