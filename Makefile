@@ -18,7 +18,7 @@ demo: install
 	$(VENV)/bin/polytask demo
 
 lint: install
-	$(PY) -m ruff check polytask tests benchmarks examples
+	$(PY) -m ruff check polytask tests benchmarks examples scripts
 
 test: install lint
 	$(PY) -m pytest -q

@@ -69,17 +69,17 @@ class DataConfig(_Section):
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
     _section: ClassVar[str] = "data"
 
-    dataset: str | None = None
-    train: Table | None = None
-    validation: Table | None = None
-    test: Table | None = None
-    features: list[str] | None = None
-    categorical: list[str] = Field(default_factory=list)
-    drop: list[str] = Field(default_factory=list)
-    impute: bool = False
-    validation_fraction: float = Field(default=0.15, ge=0.0, lt=1.0)
-    test_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
-    split_seed: int = 0
+    dataset: str | None = None  # a registered data set (polytask datasets), instead of train
+    train: Table | None = None  # the training table (split when validation/test are absent)
+    validation: Table | None = None  # a validation table (else validation_fraction of train)
+    test: Table | None = None  # a test table (else test_fraction of train)
+    features: list[str] | None = None  # the inputs (default: every column no task reads)
+    categorical: list[str] = Field(default_factory=list)  # inputs encoded as embeddings
+    drop: list[str] = Field(default_factory=list)  # columns that are neither input nor target
+    impute: bool = False  # missing inputs: training median plus a missing-indicator
+    validation_fraction: float = Field(default=0.15, ge=0.0, lt=1.0)  # of train, held out
+    test_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)  # of train, held out
+    split_seed: int = 0  # the seeded split of train (fixed across training seeds)
 
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:
@@ -214,22 +214,22 @@ class TrainConfig(_Section):
 
     _section: ClassVar[str] = "train"
 
-    balancer: str = "fixed"
-    balancer_options: dict[str, Any] = Field(default_factory=dict)
-    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    lr: PositiveFloat = 1e-3
-    momentum: float = Field(default=0.9, ge=0.0, lt=1.0)
-    weight_decay: float = Field(default=0.0, ge=0.0)
-    scheduler: Literal["none", "cosine", "step", "plateau"] = "none"
-    epochs: PositiveInt = 100
-    batch_size: PositiveInt = 128
-    patience: PositiveInt | None = 20
-    grad_clip: PositiveFloat | None = None
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = False
-    select: Literal["joint", "per_task"] = "joint"
-    finetune: FinetuneConfig | None = None
+    balancer: str = "fixed"  # the joint-optimization strategy (polytask balancers)
+    balancer_options: dict[str, Any] = Field(default_factory=dict)  # the balancer's own
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"  # torch.optim: Adam, AdamW or SGD
+    lr: PositiveFloat = 1e-3  # learning rate of every parameter
+    momentum: float = Field(default=0.9, ge=0.0, lt=1.0)  # SGD only
+    weight_decay: float = Field(default=0.0, ge=0.0)  # L2 penalty λ (decoupled for adamw)
+    scheduler: Literal["none", "cosine", "step", "plateau"] = "none"  # learning-rate schedule
+    epochs: PositiveInt = 100  # the budget: most epochs trained
+    batch_size: PositiveInt = 128  # rows per step
+    patience: PositiveInt | None = 20  # stop after this many epochs without a better objective
+    grad_clip: PositiveFloat | None = None  # clip the gradient norm to this
+    seed: int = 0  # initialization and batch order (not the split)
+    device: str = "auto"  # auto (cuda when present), cpu, cuda or cuda:N
+    amp: bool = False  # mixed precision on CUDA
+    select: Literal["joint", "per_task"] = "joint"  # per_task: each main task's own epoch
+    finetune: FinetuneConfig | None = None  # then fine-tune each main task alone
     log: str = "none"
     log_dir: Path | None = None
     log_experiment: str = Field(default="polytask", min_length=1)
