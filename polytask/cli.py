@@ -335,9 +335,36 @@ def plan(
     """Find what to train together: candidates per seed, a per-task choice on validation, one
     run directory, and the plan vs STL and vs all-in-one on test."""
     from .config import load_config
+
+    _run_plan(
+        load_config(config),
+        seeds=seeds,
+        candidates=list(candidate) if candidate else None,
+        budget=budget,
+        workers=workers,
+        out=out,
+        overwrite=overwrite,
+        quiet=quiet,
+    )
+    console.print(
+        f"written: {out / 'plan.json'}, {out / 'comparison.json'}, {out / 'comparison.png'} "
+        f"and the model in {out / 'run'} (polytask predict {out / 'run'} DATA.csv -o pred.csv)"
+    )
+
+
+def _run_plan(
+    cfg: Any,
+    *,
+    seeds: int,
+    candidates: Any,
+    workers: int | None,
+    out: Path | None,
+    quiet: bool,
+    budget: str | None = None,
+    overwrite: bool = False,
+) -> None:
     from .plan import plan as make_plan
 
-    cfg = load_config(config)
     with console.status("planning", spinner="dots") if not quiet else _Null() as status:
 
         def note(message: str) -> None:
@@ -347,7 +374,7 @@ def plan(
         result = make_plan(
             cfg,
             seeds=seeds,
-            candidates=list(candidate) if candidate else None,
+            candidates=candidates,
             budget=budget,
             workers=workers,
             out=out,
@@ -355,10 +382,6 @@ def plan(
             on_progress=note,
         )
     _print_plan(result.report, result.comparison_json())
-    console.print(
-        f"written: {out / 'plan.json'}, {out / 'comparison.json'}, {out / 'comparison.png'} "
-        f"and the model in {out / 'run'} (polytask predict {out / 'run'} DATA.csv -o pred.csv)"
-    )
 
 
 def _print_plan(report: dict[str, Any], result: dict[str, Any]) -> None:
@@ -477,7 +500,6 @@ def demo(
     """`plan` on the built-in Yeast data (14 binary tasks, real labels): which tasks to train
     together, against one shared network and one network per task."""
     from .demo import DEMO_CANDIDATES, demo_config
-    from .plan import plan as make_plan
 
     cfg = demo_config()
     if not quiet:
@@ -486,21 +508,7 @@ def demo(
             f"split 60/15/25). plan trains {', '.join(DEMO_CANDIDATES)} for {seeds} seed(s), "
             "chooses per task on validation rows no model stopped on, then tests."
         )
-    with console.status("planning", spinner="dots") if not quiet else _Null() as status:
-
-        def note(message: str) -> None:
-            if status is not None:
-                status.update(f"training {message}")
-
-        result = make_plan(
-            cfg,
-            seeds=seeds,
-            candidates=DEMO_CANDIDATES,
-            workers=workers,
-            out=out,
-            on_progress=note,
-        )
-    _print_plan(result.report, result.comparison_json())
+    _run_plan(cfg, seeds=seeds, candidates=DEMO_CANDIDATES, workers=workers, out=out, quiet=quiet)
     if out is not None:
         console.print(f"written: {out / 'plan.json'}, {out / 'comparison.json'}, {out / 'run'}")
 

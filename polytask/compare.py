@@ -28,9 +28,8 @@ from .evaluate import (
     paired_test,
     relative_change,
 )
-from .signals import expand
 from .tasks import Task
-from .train import Splits, fit, load_splits, resolve_tasks
+from .train import Splits, fit, seed_list, shared_setup
 
 #: Significance level of the per-task paired test; intervals are at level 1 - ALPHA.
 ALPHA = 0.05
@@ -271,25 +270,14 @@ def compare(
     score both on the test split. Seed ``s`` sets ``train.seed`` (init and batch order); the
     split stays fixed. Signals are applied once; their tasks are auxiliary (no baseline) except
     the main ``horizons`` tasks, so with one main task STL is the no-signal model."""
-    seed_list = (
-        list(range(config.train.seed, config.train.seed + seeds))
-        if isinstance(seeds, int)
-        else list(seeds)
-    )
-    if splits is None:
-        splits = load_splits(config, frame)
-    tasks = resolve_tasks(config)
-    if config.signals is not None:
-        # applied once: every MTL seed and every STL baseline sees the same tables
-        expanded = expand(config, splits, tasks)
-        config, splits = expanded.config, expanded.splits
-        tasks = resolve_tasks(config)
+    seeds_used = seed_list(config, seeds)
+    config, splits, tasks = shared_setup(config, splits, frame)
     if len(splits.test) == 0:
         raise DataError("compare needs a test split: give data.test or data.test_fraction > 0")
-    result = Comparison(tasks=tasks, seeds=seed_list)
+    result = Comparison(tasks=tasks, seeds=seeds_used)
     result.scores = {m: {t.name: [] for t in tasks if t.is_main} for m in ("stl", "mtl")}
     result.seconds = {"stl": 0.0, "mtl": 0.0}
-    for seed in seed_list:
+    for seed in seeds_used:
         train = config.train.model_copy(update={"seed": seed, **NO_LOG})
         seeded = config.model_copy(update={"train": train})
         if on_progress:

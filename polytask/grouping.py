@@ -19,8 +19,7 @@ from .config import NO_LOG, Config
 from .errors import ConfigError, DataError
 from .evaluate import confidence_interval, delta_m, mean_std
 from .models.grouped import group_problems
-from .signals import expand
-from .train import Splits, fit, load_splits, resolve_tasks
+from .train import Splits, fit, seed_list, shared_setup
 
 #: The three arms, in the order they are trained for each seed.
 ARMS = ("grouped", "all_in_one", "stl")
@@ -53,12 +52,8 @@ def validate_groups(
     ``best`` the arm with the lowest mean Δm. Note that the validation split also picks each
     run's stopping epoch (as in ``fit``), so these scores are selection scores, not test scores.
     """
-    seed_list = (
-        list(range(config.train.seed, config.train.seed + seeds))
-        if isinstance(seeds, int)
-        else list(seeds)
-    )
-    if not seed_list:
+    seeds_used = seed_list(config, seeds)
+    if not seeds_used:
         raise ConfigError("seeds: give at least one seed")
     groups = [list(g) for g in groups]
     if config.model.architecture != "hard_sharing" or config.model.linear_path:
@@ -66,16 +61,10 @@ def validate_groups(
             "model: validate_groups compares task groups with hard sharing; model.architecture "
             f"must be 'hard_sharing' without linear_path, not {config.model.architecture!r}"
         )
-    if splits is None:
-        splits = load_splits(config, frame)
-    tasks = resolve_tasks(config)
+    config, splits, tasks = shared_setup(config, splits, frame)
     problems = group_problems(groups, {t.name: t.is_main for t in tasks})
     if problems:
         raise ConfigError("; ".join(problems))
-    if config.signals is not None:  # applied once: every arm and seed sees the same tables
-        expanded = expand(config, splits, tasks)
-        config, splits = expanded.config, expanded.splits
-        tasks = resolve_tasks(config)
     if len(splits.validation) == 0:
         raise DataError(
             "validate_groups scores on the validation split and there is none: set "
@@ -89,7 +78,7 @@ def validate_groups(
         "grouped": config.model.model_copy(update={"groups": groups}),
         "all_in_one": config.model.model_copy(update={"groups": None}),
     }
-    for seed in seed_list:
+    for seed in seeds_used:
         train = config.train.model_copy(update={"seed": seed, **NO_LOG})
         for arm in ARMS:
             if on_progress:
@@ -110,7 +99,7 @@ def validate_groups(
     ranked = [a for a in ARMS if not math.isnan(arms[a]["delta_m_percent"])]
     return {
         "groups": groups,
-        "seeds": seed_list,
+        "seeds": seeds_used,
         "split": "validation",
         "level": LEVEL,
         "sign_convention": "Δm% = mean over main tasks of the relative change of the primary "

@@ -44,9 +44,8 @@ from .evaluate import HIGHER_IS_BETTER, delta_m, mean_std
 from .io import Run, as_frame, load, write_json
 from .models import ARCHITECTURES
 from .models.grouped import group_problems
-from .signals import expand
 from .tasks import Task
-from .train import fit, load_splits, resolve_tasks
+from .train import fit, seed_list, shared_setup
 
 FORMAT_VERSION = 1
 #: The file that makes a run directory a plan's: members and which main task each predicts.
@@ -518,12 +517,8 @@ def plan(
     ``plan.json``, ``comparison.json``, ``comparison.png``, ``run/`` (the deliverable) and
     ``relate/`` there.
     """
-    seed_list = (
-        list(range(config.train.seed, config.train.seed + seeds))
-        if isinstance(seeds, int)
-        else list(seeds)
-    )
-    if not seed_list:
+    seeds_used = seed_list(config, seeds)
+    if not seeds_used:
         raise ConfigError("seeds: give at least one seed")
     names = list(dict.fromkeys([*REQUIRED, *(candidates or DEFAULT_CANDIDATES)]))
     unknown = [n for n in names if n not in CANDIDATES]
@@ -532,7 +527,7 @@ def plan(
     if not 0.0 <= choice_fraction < 1.0:
         raise ConfigError(f"choice_fraction: {choice_fraction} must be in [0, 1)")
     if workers is None:
-        workers = min(os.cpu_count() or 1, len(seed_list))
+        workers = min(os.cpu_count() or 1, len(seeds_used))
     if workers < 1:
         raise ConfigError(f"workers: {workers} must be at least 1")
     seconds_cap = parse_budget(budget)
@@ -544,13 +539,7 @@ def plan(
     directory = Path(out) if out is not None else None
     if directory is not None:
         _check_plan_dir(directory, overwrite)
-    if splits is None:
-        splits = load_splits(config, frame)
-    tasks = resolve_tasks(config)
-    if config.signals is not None:  # applied once: every candidate and seed sees the same tables
-        expanded = expand(config, splits, tasks)
-        config, splits = expanded.config, expanded.splits
-        tasks = resolve_tasks(config)
+    config, splits, tasks = shared_setup(config, splits, frame)
     if len(splits.validation) == 0:
         raise DataError(
             "plan chooses on the validation split and there is none: set "
@@ -564,7 +553,7 @@ def plan(
     held_back = Splits(splits.train, stopping, splits.test.iloc[:0])
     main = [t for t in tasks if t.is_main]
     metrics = {t.name: t.primary_metric for t in main}
-    if len(seed_list) == 1:
+    if len(seeds_used) == 1:
         warnings.warn(
             "plan with 1 seed: the choice cannot be guarded against seed noise; use 3 or more",
             PolytaskWarning,
@@ -576,7 +565,7 @@ def plan(
     report: dict[str, dict[str, Any]] = {}
     done: dict[str, list[_Done]] = {}
     seen: dict[str, str] = {}  # config JSON → the candidate that trains it
-    pool = _Pool(min(workers, len(seed_list)))
+    pool = _Pool(min(workers, len(seeds_used)))
     try:
         for name in names:
             candidate = CANDIDATES[name]
@@ -603,7 +592,7 @@ def plan(
                 continue
             seen[key] = name
             if on_progress:
-                on_progress(f"{name}: {len(seed_list)} seed(s)")
+                on_progress(f"{name}: {len(seeds_used)} seed(s)")
             jobs = [
                 _Job(
                     name,
@@ -615,7 +604,7 @@ def plan(
                     choice_rows,
                     record=name == ALL_IN_ONE and GROUPS in names,
                 )
-                for seed in seed_list
+                for seed in seeds_used
             ]
             began = time.perf_counter()
             results = pool.map(jobs)
@@ -648,7 +637,7 @@ def plan(
     chosen = choose(scores, metrics)
     plan_json = {
         "format": FORMAT_VERSION,
-        "seeds": seed_list,
+        "seeds": seeds_used,
         "split": "validation",
         "choice_fraction": choice_fraction,
         "rows": {"validation (stopping)": len(stopping), "validation (choice)": len(choice_rows)},
@@ -664,7 +653,7 @@ def plan(
     }
     # The test split is read from here on, after every choice is made.
     run = _deliverable(config, chosen, done)
-    vs_stl, vs_all = _report_on_test(tasks, seed_list, chosen, done, splits.test)
+    vs_stl, vs_all = _report_on_test(tasks, seeds_used, chosen, done, splits.test)
     result = Plan(plan_json, run, vs_stl, vs_all)
     if directory is not None:
         result.save(directory)

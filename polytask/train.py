@@ -600,6 +600,31 @@ def load_splits(config: Config, frame: pd.DataFrame | None = None) -> Splits:
     )
 
 
+def shared_setup(
+    config: Config, splits: Splits | None = None, frame: pd.DataFrame | None = None
+) -> tuple[Config, Splits, list[Task]]:
+    """What every model of a many-run job (``compare``, ``plan``, ``validate_groups``) shares:
+    the splits, loaded once, and the config's signals, applied once (so every run sees the same
+    tables); returns the config to train (signals expanded), the splits and its tasks."""
+    if splits is None:
+        splits = load_splits(config, frame)
+    tasks = resolve_tasks(config)
+    if config.signals is not None:
+        from .signals import expand
+
+        expanded = expand(config, splits, tasks)
+        config, splits = expanded.config, expanded.splits
+        tasks = resolve_tasks(config)
+    return config, splits, tasks
+
+
+def seed_list(config: Config, seeds: int | Sequence[int]) -> list[int]:
+    """``seeds`` as a list: a count gives ``train.seed``, ``train.seed + 1``, …"""
+    if isinstance(seeds, int):
+        return list(range(config.train.seed, config.train.seed + seeds))
+    return list(seeds)
+
+
 def prepare(
     config: Config, splits: Splits, tasks: Sequence[Task]
 ) -> tuple[Preprocessor, dict[str, TaskData]]:

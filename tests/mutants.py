@@ -491,6 +491,8 @@ _mutant_plan = plan
 
 
 def plan(config, **kwargs):
+    from polytask.train import load_splits
+
     splits = kwargs.get("splits") or load_splits(config, kwargs.get("frame"))
     _MUTANT_TEST[0] = splits.test
     kwargs["splits"] = splits
