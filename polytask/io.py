@@ -414,12 +414,18 @@ def check_run_dir(directory: str | Path, *, resume: bool = False, overwrite: boo
         for name in ("checkpoint", "plots"):
             if (directory / name).is_dir():
                 shutil.rmtree(directory / name)
+    return writable_dir(directory, "run directory")
+
+
+def writable_dir(directory: Path, label: str) -> Path:
+    """``directory``, created if missing; a ``RunError`` naming ``label`` if it cannot be
+    created or written to."""
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise RunError(f"cannot create run directory {str(directory)!r}: {exc.strerror}") from None
+        raise RunError(f"cannot create {label} {str(directory)!r}: {exc.strerror}") from None
     if not os.access(directory, os.W_OK):
-        raise RunError(f"run directory {str(directory)!r} is not writable")
+        raise RunError(f"{label} {str(directory)!r} is not writable")
     return directory
 
 

@@ -41,7 +41,7 @@ from .config import NO_LOG, Config, FinetuneConfig
 from .data import Splits
 from .errors import ConfigError, DataError, PolytaskError, PolytaskWarning, RunError, one_of
 from .evaluate import HIGHER_IS_BETTER, delta_m, mean_std
-from .io import Run, as_frame, load, write_json
+from .io import Run, as_frame, load, writable_dir, write_json
 from .models import ARCHITECTURES
 from .models.grouped import group_problems
 from .tasks import Task
@@ -696,12 +696,7 @@ def _check_plan_dir(directory: Path, overwrite: bool) -> None:
                 shutil.rmtree(path)
             else:
                 path.unlink(missing_ok=True)
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise RunError(f"cannot create {str(directory)!r}: {exc.strerror}") from None
-    if not os.access(directory, os.W_OK):
-        raise RunError(f"plan directory {str(directory)!r} is not writable")
+    writable_dir(directory, "plan directory")
 
 
 def _difference(base: Config, variant: Config) -> dict[str, Any]:
