@@ -191,6 +191,29 @@ def _dataset_section(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def groups_markdown(results: list[dict[str, Any]]) -> str:
+    """The groups candidate of each data set's plan: what relate suggested and how it scored."""
+    lines = [
+        "| data set | main tasks | groups (sizes) | validation Δm% vs STL: groups | "
+        "all-in-one | tasks that chose groups |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        p = r["plan"]
+        groups = p["relatedness"].get("groups") or []
+        sizes = sorted((len(g) for g in groups), reverse=True)
+        shown = ", ".join(map(str, sizes[:10])) + (", …" if len(sizes) > 10 else "")
+        delta = p["validation_delta_m_percent"]
+        entry = p["candidates"]["groups"]
+        scored = _fmt(delta.get("groups")) if entry["status"] == "trained" else entry["status"]
+        chosen = sum(c["candidate"] == "groups" for c in p["choice"].values())
+        lines.append(
+            f"| {r['dataset']} | {len(p['choice'])} | {len(groups)} ({shown}) | {scored} | "
+            f"{_fmt(delta.get('all_in_one'))} | {chosen} |"
+        )
+    return "\n".join(lines)
+
+
 def load_results(names: list[str]) -> list[dict[str, Any]]:
     found = []
     for name in names:
@@ -213,8 +236,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)  # the workers use one thread each; tiny models gain nothing from more
     results_dir = args.out or (RESULTS.parent / "quick" / "plan" if args.quick else RESULTS)
     if args.render:
-        text = markdown(load_results(ORDER))
+        results = load_results(ORDER)
+        text = markdown(results)
         q.write_doc(ROOT / "docs" / "benchmarks.md", text, block="plan")
+        q.write_doc(ROOT / "docs" / "relatedness.md", groups_markdown(results), block="plan-groups")
         print(text)
         return 0
     datasets, seeds = (QUICK["datasets"], QUICK["seeds"]) if args.quick else (
