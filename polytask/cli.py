@@ -271,6 +271,9 @@ def relate(
     ),
     groups: int = typer.Option(None, "--groups", min=1, help="Number of groups (default: chosen)."),
     every: int = typer.Option(10, min=1, help="Record gradient/lookahead every N steps."),
+    workers: int = typer.Option(
+        1, min=1, help="Processes for the transfer measure's pair runs (one thread each)."
+    ),
     validate: bool = typer.Option(
         False,
         "--validate",
@@ -296,6 +299,7 @@ def relate(
             out=out,
             every=every,
             grouping_measure=grouping,
+            workers=workers,
         )
     _print_relatedness(result)
     if validate:

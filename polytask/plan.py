@@ -19,16 +19,12 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import re
 import shutil
-import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +40,7 @@ from .evaluate import HIGHER_IS_BETTER, delta_m, mean_std
 from .io import Run, as_frame, load, writable_dir, write_json
 from .models import ARCHITECTURES
 from .models.grouped import group_problems
+from .parallel import Pool, default_workers
 from .tasks import Task
 from .train import fit, seed_list, shared_setup
 
@@ -216,36 +213,6 @@ def _train(job: _Job) -> _Done:
         return _Done(job.candidate, job.seed, runs, seconds, scores, gradient)
     except PolytaskError as exc:
         return _Done(job.candidate, job.seed, {}, time.perf_counter() - started, error=str(exc))
-
-
-def _set_threads(threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
-
-
-class _Pool:
-    """Runs jobs here (``workers == 1``) or in ``workers`` processes, one thread each. On
-    Linux the workers are forked (a script without a ``__main__`` guard still works); elsewhere
-    they are spawned, and a script that calls ``plan`` with ``workers > 1`` needs the guard."""
-
-    def __init__(self, workers: int) -> None:
-        self.workers = workers
-        self.executor: ProcessPoolExecutor | None = None
-        if workers > 1:
-            method = "fork" if sys.platform.startswith("linux") else "spawn"
-            self.executor = ProcessPoolExecutor(
-                workers, mp_context=get_context(method), initializer=_set_threads, initargs=(1,)
-            )
-
-    def map(self, jobs: Sequence[_Job]) -> list[_Done]:
-        if self.executor is None:
-            return [_train(job) for job in jobs]
-        return list(self.executor.map(_train, jobs))
-
-    def close(self) -> None:
-        if self.executor is not None:
-            self.executor.shutdown()
 
 
 # ---- choosing -------------------------------------------------------------------------------
@@ -527,7 +494,7 @@ def plan(
     if not 0.0 <= choice_fraction < 1.0:
         raise ConfigError(f"choice_fraction: {choice_fraction} must be in [0, 1)")
     if workers is None:
-        workers = min(os.cpu_count() or 1, len(seeds_used))
+        workers = default_workers(len(seeds_used))
     if workers < 1:
         raise ConfigError(f"workers: {workers} must be at least 1")
     seconds_cap = parse_budget(budget)
@@ -565,7 +532,7 @@ def plan(
     report: dict[str, dict[str, Any]] = {}
     done: dict[str, list[_Done]] = {}
     seen: dict[str, str] = {}  # config JSON → the candidate that trains it
-    pool = _Pool(min(workers, len(seeds_used)))
+    pool = Pool(min(workers, len(seeds_used)))
     try:
         for name in names:
             candidate = CANDIDATES[name]
@@ -607,7 +574,7 @@ def plan(
                 for seed in seeds_used
             ]
             began = time.perf_counter()
-            results = pool.map(jobs)
+            results = pool.map(_train, jobs)
             entry["wall_seconds"] = time.perf_counter() - began
             entry["train_seconds"] = sum(r.seconds for r in results)
             errors = [r.error for r in results if r.error]

@@ -578,13 +578,24 @@ def _record_run(
 
 
 # ---- transfer -------------------------------------------------------------------------------
-def transfer_matrix(config: Config, splits: Splits, tasks: Sequence[Task]) -> np.ndarray:
+def _validation_scores(job: tuple[Config, Splits]) -> dict[str, dict[str, float]]:
+    """One pair run of ``transfer_matrix`` (in a worker process): its validation scores."""
+    from .train import fit
+
+    config, splits = job
+    return fit(config, splits=splits).metrics.get("validation", {})
+
+
+def transfer_matrix(
+    config: Config, splits: Splits, tasks: Sequence[Task], *, workers: int = 1
+) -> np.ndarray:
     """``D[i, j]``: the relative change in % of task j's validation primary metric when
     trained with task i (both main, one shared network) against j alone (``fit_stl``), signed
-    like Δm (negative: i helps j). Every model has ``config``'s budget and seed."""
+    like Δm (negative: i helps j). Every model has ``config``'s budget and seed; the pair runs
+    are trained in ``workers`` processes (``parallel.Pool``)."""
     from .baselines import feature_columns, fit_stl
     from .evaluate import relative_change
-    from .train import fit
+    from .parallel import Pool
 
     if not len(splits.validation):
         raise ConfigError("relate: the transfer measure needs a validation split")
@@ -596,21 +607,23 @@ def transfer_matrix(config: Config, splits: Splits, tasks: Sequence[Task]) -> np
     def with_tasks(chosen: list[Task]) -> Config:
         return config.model_copy(update={"tasks": chosen, "data": data, "train": train})
 
-    def score(run: Any, task: Task) -> float:
-        return float(
-            run.metrics.get("validation", {}).get(task.name, {}).get(task.primary_metric, math.nan)
-        )
+    def score(scores: Mapping[str, Mapping[str, float]], task: Task) -> float:
+        return float(scores.get(task.name, {}).get(task.primary_metric, math.nan))
 
     alone = fit_stl(with_tasks(as_main), splits)
-    stl = {t.name: score(alone[t.name], t) for t in as_main}
+    stl = {t.name: score(alone[t.name].metrics.get("validation", {}), t) for t in as_main}
     t = len(as_main)
+    pairs = [(i, j) for i in range(t) for j in range(i + 1, t)]
+    with Pool(min(workers, max(len(pairs), 1))) as pool:
+        found = pool.map(
+            _validation_scores,
+            [(with_tasks([as_main[i], as_main[j]]), splits) for i, j in pairs],
+        )
     d = np.zeros((t, t))
-    for i in range(t):
-        for j in range(i + 1, t):
-            run = fit(with_tasks([as_main[i], as_main[j]]), splits=splits)
-            for a, b in ((i, j), (j, i)):
-                task = as_main[b]
-                d[a, b] = relative_change(task.primary_metric, score(run, task), stl[task.name])
+    for (i, j), scores in zip(pairs, found, strict=True):
+        for a, b in ((i, j), (j, i)):
+            task = as_main[b]
+            d[a, b] = relative_change(task.primary_metric, score(scores, task), stl[task.name])
     return d
 
 
@@ -626,6 +639,7 @@ def relate(
     grouping_measure: str | None = None,
     splits: Splits | None = None,
     callback: Callable[[dict[str, float]], None] | None = None,
+    workers: int = 1,
 ) -> Relatedness:
     """Measure how the tasks of ``config`` relate and suggest a grouping of the main tasks.
 
@@ -634,7 +648,8 @@ def relate(
     and lookahead measures at every ``every``-th step. ``grouping_measure`` (default
     ``gradient`` when measured, else the first measure) gives the groups (``suggest_groups``;
     ``groups`` fixes their number). ``splits`` overrides the data (as in ``fit``). With
-    ``out`` the JSON and the heatmaps are written there.
+    ``out`` the JSON and the heatmaps are written there. ``workers``: processes that train the
+    ``transfer`` pair runs in parallel (one torch thread each).
     """
     from .train import load_splits, resolve_tasks
 
@@ -683,7 +698,7 @@ def relate(
             by_name = {t.name: t for t in tasks}
             started = time.perf_counter()
             sums.setdefault("transfer", []).append(
-                transfer_matrix(cfg, splits, [by_name[n] for n in names])
+                transfer_matrix(cfg, splits, [by_name[n] for n in names], workers=workers)
             )
             seconds["transfer"] = seconds.get("transfer", 0.0) + time.perf_counter() - started
     with np.errstate(invalid="ignore"):

@@ -419,7 +419,7 @@ def hidden_sensitivity(model, data, *, chunk=512):
 _mutant_rng = np.random.default_rng(0)
 
 
-def transfer_matrix(config, splits, tasks):
+def transfer_matrix(config, splits, tasks, *, workers=1):
     d = _mutant_rng.uniform(-10, 10, (len(tasks), len(tasks)))
     np.fill_diagonal(d, 0.0)
     return d

@@ -397,3 +397,16 @@ def test_cli_relate(tmp_path: Path) -> None:
     assert set(saved["validation"]["arms"]) == {"grouped", "all_in_one", "stl"}
     assert "best on validation" in result.output
     assert len([g for g in saved["groups"] if set(g) & {"a_reg", "a_bin", "a_reg2", "b_reg"}]) == 2
+
+
+def test_transfer_pairs_in_two_worker_processes_give_the_same_matrix() -> None:
+    frame = planted_frame(n=160, seed=3)
+    names = ["a_reg", "a_bin", "b_reg"]
+    tasks = [t for t in PLANTED if t.name in names]
+    columns = ["x0", "x1", "x2", "x3", "x4", "x5", *names]
+    config = planted_config(frame[columns], tasks, epochs=3)
+    splits = planted_splits(frame[columns], n_train=110)
+    one = transfer_matrix(config, splits, tasks, workers=1)
+    two = transfer_matrix(config, splits, tasks, workers=2)
+    np.testing.assert_allclose(two, one, rtol=1e-4, atol=1e-6)
+    assert np.abs(one).sum() > 0

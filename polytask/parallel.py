@@ -1,0 +1,60 @@
+"""Worker processes for jobs that train many independent models (``plan``'s seeds, ``relate``'s
+transfer pairs): one torch thread each, forked on Linux, run here when ``workers`` is 1."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from typing import Any, TypeVar
+
+from .errors import ConfigError
+
+Job = TypeVar("Job")
+Result = TypeVar("Result")
+
+
+def default_workers(jobs: int) -> int:
+    """The machine's cores, at most one per job."""
+    return max(1, min(os.cpu_count() or 1, jobs))
+
+
+def _set_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+class Pool:
+    """Runs ``fn`` over jobs here (``workers == 1``) or in ``workers`` processes with one
+    torch thread each. On Linux the workers are forked (a script without a ``__main__`` guard
+    still works); elsewhere they are spawned, and a script that uses them needs the guard.
+    ``fn`` and the jobs must be picklable (a module-level function, plain data)."""
+
+    def __init__(self, workers: int) -> None:
+        if workers < 1:
+            raise ConfigError(f"workers: {workers} must be at least 1")
+        self.workers = workers
+        self.executor: ProcessPoolExecutor | None = None
+        if workers > 1:
+            method = "fork" if sys.platform.startswith("linux") else "spawn"
+            self.executor = ProcessPoolExecutor(
+                workers, mp_context=get_context(method), initializer=_set_threads, initargs=(1,)
+            )
+
+    def map(self, fn: Callable[[Job], Result], jobs: Sequence[Job]) -> list[Result]:
+        if self.executor is None:
+            return [fn(job) for job in jobs]
+        return list(self.executor.map(fn, jobs))
+
+    def close(self) -> None:
+        if self.executor is not None:
+            self.executor.shutdown()
+
+    def __enter__(self) -> Pool:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
