@@ -479,10 +479,9 @@ def plan(
     for the choice (no model stops or selects on them; the rest is every model's validation
     split). 0 scores on the validation split the models stopped on, which favours the
     candidates that select per task on it (``per_task``, ``finetune``). ``workers``: processes
-    that train seeds in parallel, one thread each (default: the
-    machine's cores, at most one per seed; 1 trains here); ``out``: write
-    ``plan.json``, ``comparison.json``, ``comparison.png``, ``run/`` (the deliverable) and
-    ``relate/`` there.
+    that train seeds in parallel, one thread each (default: the machine's cores, at most one
+    per seed; 1 trains here). ``out``: write ``plan.json``, ``comparison.json``,
+    ``comparison.png``, ``run/`` (the deliverable) and ``relate/`` there.
     """
     seeds_used = seed_list(config, seeds)
     if not seeds_used:
