@@ -112,6 +112,8 @@ def _leak_reason(column: pd.Series, target: pd.Series) -> str:
             return f"a one-to-one relabelling of {target.name!r}"
     x = pd.to_numeric(a, errors="coerce")
     y = pd.to_numeric(b, errors="coerce")
+    if _bins_of(a, y):
+        return f"a binning of {target.name!r} (its values cut {target.name}'s range, no overlap)"
     if x.notna().all() and y.notna().all() and x.nunique() > 1 and y.nunique() > 1:
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -119,6 +121,19 @@ def _leak_reason(column: pd.Series, target: pd.Series) -> str:
         if math.isfinite(r) and abs(r) >= LEAK_CORRELATION:
             return f"|r| = {abs(r):.4f} with {target.name!r}"
     return ""
+
+
+def _bins_of(codes: pd.Series, target: pd.Series) -> bool:
+    """``codes`` (a few values) split a numeric ``target`` with many values into ranges that do
+    not overlap: a thresholded or binned copy of the target (e.g. ``high = y > 150``)."""
+    k = codes.nunique()
+    if len(target) < _RELABEL_MIN_ROWS or target.isna().any() or not 2 <= k <= MAX_CLASSES:
+        return False
+    if target.nunique() <= 2 * k:
+        return False
+    groups = target.groupby(codes.astype(str).to_numpy())
+    ranges = sorted(groups.agg(["min", "max"]).values.tolist())
+    return all(high < low for (_, high), (low, _) in zip(ranges, ranges[1:], strict=False))
 
 
 def _identifier(series: pd.Series) -> bool:

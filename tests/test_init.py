@@ -137,3 +137,15 @@ def test_errors_name_the_problem(csv: Path, tmp_path: Path) -> None:
     with pytest.raises(pt.DataError, match="single value"):
         starter_config(pd.DataFrame({"x": [1, 2, 3], "y": [5, 5, 5]}), train="t.csv")
     assert not (tmp_path / "a.yaml").exists()
+
+
+def test_a_thresholded_copy_of_the_target_is_a_leak_but_a_related_flag_is_not() -> None:
+    frame = _table()
+    frame["price_high"] = (frame["price"] > frame["price"].median()).astype(int)
+    noisy = frame["price"] + 2.0 * np.random.default_rng(1).normal(size=len(frame))
+    frame["price_high_noisy"] = (noisy > noisy.median()).astype(int)  # related, overlaps
+    text = starter_config(frame, train="t.csv", targets=["price"])
+    data = yaml.safe_load(text)["data"]
+    assert "price_high" in data["drop"]
+    assert "a binning of 'price'" in text
+    assert "price_high_noisy" in data["features"]
