@@ -200,15 +200,28 @@ def comparison_figure(result: Mapping[str, Any]):
             squeeze=False,
         )
     for ax, (metric, names) in zip(axes.flat, panels, strict=True):
-        _comparison_panel(ax, metric, names, tasks, seeds=len(result["seeds"]))
+        _comparison_panel(
+            ax, metric, names, tasks, seeds=len(result["seeds"]), labels=_labels(result)
+        )
     handles, labels = axes.flat[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", fontsize=8, ncol=2)
     fig.suptitle(_comparison_title(result, width), fontsize=9)
     return fig
 
 
+def _labels(result: Mapping[str, Any]) -> dict[str, str]:
+    """What the ``stl`` and ``mtl`` slots of a comparison hold (``plan`` puts others there)."""
+    return {"stl": result.get("baseline", "STL"), "mtl": result.get("method", "MTL")}
+
+
 def _comparison_panel(
-    ax: Any, metric: str, names: list[str], tasks: Mapping[str, Any], *, seeds: int
+    ax: Any,
+    metric: str,
+    names: list[str],
+    tasks: Mapping[str, Any],
+    *,
+    seeds: int,
+    labels: Mapping[str, str],
 ) -> None:
     x = np.arange(len(names))
     tops = []
@@ -223,7 +236,7 @@ def _comparison_panel(
             capsize=2,
             color=colour,
             error_kw={"elinewidth": 0.8},
-            label=method.upper() + (f" (mean ± std over {seeds} seeds)" if seeds > 1 else ""),
+            label=labels[method] + (f" (mean ± std over {seeds} seeds)" if seeds > 1 else ""),
         )
         tops.append((means - stds, means + stds))
     lows, highs = np.concatenate([t[0] for t in tops]), np.concatenate([t[1] for t in tops])
@@ -237,7 +250,8 @@ def _comparison_panel(
     if labelled:
         ax.set_xticks(x)
         ax.set_xticklabels(
-            names,
+            # a plan's comparison names the candidate each task was given
+            [f"{n} ({tasks[n]['chosen']})" if "chosen" in tasks[n] else n for n in names],
             rotation=45 if len(names) > 3 else 0,
             ha="right" if len(names) > 3 else "center",
             fontsize=8,
@@ -272,10 +286,13 @@ def _seeds(n: int) -> str:
 def _comparison_title(result: Mapping[str, Any], width: float) -> str:
     dm, (lo, hi) = result["delta_m_percent"], result["delta_m_ci95"]
     ci = f", 95% CI [{lo:+.2f}, {hi:+.2f}]" if math.isfinite(lo) else ""
+    names = _labels(result)
+    b, m = names["stl"], names["mtl"]
+    verdict = result["delta_m_verdict"].replace("MTL", m)
     lines = [
-        f"STL vs MTL on the test split, {_seeds(len(result['seeds']))}",
-        f"Δm = {dm:+.2f}%{ci}: {result['delta_m_verdict']}",
-        "labels: relative change vs STL, negative = MTL better; * significant (p < "
+        f"{b} vs {m} on the test split, {_seeds(len(result['seeds']))}",
+        f"Δm = {dm:+.2f}%{ci}: {verdict}",
+        f"labels: relative change vs {b}, negative = {m} better; * significant (p < "
         f"{result['alpha']} and CI excludes 0)",
     ]
     chars = int(width * 13)  # about 13 characters per inch at 9 pt
