@@ -211,7 +211,9 @@ def _print_comparison(result: dict[str, Any]) -> None:
     console.print(f"[bold]{escape(result['summary'])}[/bold]")
 
 
-def _run_comparison(cfg: Any, seeds: int, out: Path | None, quiet: bool) -> dict[str, Any]:
+def _run_comparison(
+    cfg: Any, seeds: int, out: Path | None, quiet: bool, stl_vectorize: str = "exact"
+) -> dict[str, Any]:
     from .compare import compare as compare_runs
     from .io import write_json
     from .report import plot_comparison
@@ -222,7 +224,9 @@ def _run_comparison(cfg: Any, seeds: int, out: Path | None, quiet: bool) -> dict
             if status is not None:
                 status.update(message)
 
-        result = compare_runs(cfg, seeds=seeds, on_progress=note).to_json()
+        result = compare_runs(
+            cfg, seeds=seeds, on_progress=note, stl_vectorize=stl_vectorize  # type: ignore[arg-type]
+        ).to_json()
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "comparison.json", result)
@@ -249,12 +253,20 @@ def compare(
     out: Path = typer.Option(
         None, "--out", "-o", help="Directory for comparison.json and the plot."
     ),
+    stl_ensemble: str = typer.Option(
+        "exact",
+        help="How the STL networks train: exact (stacked where that reproduces separate runs), "
+        "dropout (stacked with dropout too, each network its own masks) or off (one by one).",
+    ),
     quiet: bool = QUIET,
 ) -> None:
     """Train STL and MTL on the same splits for several seeds and compare them on the test split."""
+    from .baselines import VECTORIZE
     from .config import load_config
 
-    _run_comparison(load_config(config), seeds, out, quiet)
+    if stl_ensemble not in VECTORIZE:
+        raise typer.BadParameter(f"{stl_ensemble!r} is not one of {', '.join(VECTORIZE)}")
+    _run_comparison(load_config(config), seeds, out, quiet, stl_ensemble)
 
 
 @app.command()

@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from .baselines import fit_stl
+from .baselines import Vectorize, fit_stl
 from .config import NO_LOG, Config
 from .errors import DataError
 from .evaluate import (
@@ -265,11 +265,14 @@ def compare(
     frame: pd.DataFrame | None = None,
     splits: Splits | None = None,
     on_progress: Callable[[str], None] | None = None,
+    stl_vectorize: Vectorize = "exact",
 ) -> Comparison:
     """Train STL and MTL with the same splits, budget and early stopping for each seed and
     score both on the test split. Seed ``s`` sets ``train.seed`` (init and batch order); the
     split stays fixed. Signals are applied once; their tasks are auxiliary (no baseline) except
-    the main ``horizons`` tasks, so with one main task STL is the no-signal model."""
+    the main ``horizons`` tasks, so with one main task STL is the no-signal model.
+    ``stl_vectorize``: how ``fit_stl`` trains the STL networks (``"dropout"`` stacks them even
+    with dropout, each drawing its own masks: 5× faster on School's 160 networks)."""
     seeds_used = seed_list(config, seeds)
     config, splits, tasks = shared_setup(config, splits, frame)
     if len(splits.test) == 0:
@@ -291,6 +294,7 @@ def compare(
         stl = fit_stl(
             seeded,
             splits,
+            vectorize=stl_vectorize,
             on_task=(lambda t, s=seed: on_progress(f"seed {s}: STL {t.name}"))
             if on_progress
             else None,

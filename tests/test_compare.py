@@ -190,3 +190,27 @@ def test_few_labelled_test_rows_draw_a_warning(rows: int) -> None:
         assert all(f"Warning: {w}." in result["summary"] for w in few)
     else:
         assert few == [] and "Warning" not in result["summary"]
+
+
+def test_compare_trains_its_stl_networks_as_told(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib
+
+    compare_module = importlib.import_module("polytask.compare")  # pt.compare is the function
+    frame = make_frame(160, seed=21)
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    tasks = [t for t in ALL_TASKS if t.name in ("price", "sold")]
+    config = make_config(tmp_path / "t.csv", tasks, model={"dropout": 0.2}, epochs=2)
+    asked: list[str] = []
+    real = compare_module.fit_stl
+
+    def fit_stl(config: pt.Config, splits: pt.Splits, **kwargs: object) -> dict:
+        asked.append(str(kwargs["vectorize"]))
+        return real(config, splits, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(compare_module, "fit_stl", fit_stl)
+    splits = make_splits(frame)
+    pt.compare(config, seeds=2, splits=splits, stl_vectorize="dropout")
+    pt.compare(config, seeds=1, splits=splits)
+    assert asked == ["dropout", "dropout", "exact"]
