@@ -10,7 +10,8 @@ Prints ρ per measure (mean ± std over seeds) and writes
 Problems: ``planted`` (tests/test_relate.py's 7 tasks: two clusters on disjoint latents and a
 noise task, mixed kinds, 10% labels missing; 300 training rows) and ``yeast6`` (Yeast's
 Class1–Class6, the other classes dropped from the inputs, examples/yeast.yaml's settings) and
-``yeast14`` (all 14 classes: 91 pair runs per seed; ``--workers 2`` trains them in parallel).
+``yeast14`` (all 14 classes: 91 pair runs per seed; ``--workers 2`` trains them in parallel) and
+``school12`` (School's 12 largest schools and their pupils: 66 pairs).
 
     python benchmarks/relate_agreement.py                  # all, 3 seeds
     python benchmarks/relate_agreement.py --problems planted --seeds 5
@@ -67,7 +68,36 @@ def yeast14(seed: int) -> tuple[pt.Config, pt.Splits]:
     return config, pt.load_splits(config)
 
 
-PROBLEMS = {"planted": planted, "yeast6": yeast6, "yeast14": yeast14}
+def school12(seed: int) -> tuple[pt.Config, pt.Splits]:
+    """The 12 schools with the most pupils (quality.py's School settings), their pupils only:
+    all 12,720 School pairs are out of reach, these 66 are not."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from quality import SETTINGS
+
+    config = SETTINGS["school"]()
+    frame = pt.load_dataset("school").frame
+    names = [t.name for t in pt.load_dataset("school").tasks]
+    kept = frame[names].notna().sum().sort_values(ascending=False, kind="stable").index[:12]
+    inputs = ["minority", "female", "ses", "school_mean_ses"]
+    config = config.model_copy(
+        update={
+            "tasks": [pt.Task(name=n, kind="regression") for n in kept],
+            "data": config.data.model_copy(update={"features": inputs}),
+            "train": config.train.model_copy(update={"seed": seed, "device": "cpu"}),
+        }
+    )
+    splits = pt.load_splits(config).map(
+        lambda t: t[t[list(kept)].notna().any(axis=1)].reset_index(drop=True)
+    )
+    return config, splits
+
+
+PROBLEMS = {
+    "planted": planted,
+    "yeast6": yeast6,
+    "yeast14": yeast14,
+    "school12": school12,
+}
 
 
 def _pairs(matrix: np.ndarray) -> np.ndarray:
