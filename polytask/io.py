@@ -19,7 +19,7 @@ import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -34,6 +34,9 @@ from .errors import DataError, PolytaskError, RunError
 from .evaluate import task_scores
 from .models import MultiTaskModel, Trunk, build_model
 from .tasks import Task
+
+if TYPE_CHECKING:
+    from .plan import PlanRun
 
 FORMAT_VERSION = 1
 
@@ -441,7 +444,7 @@ def versions() -> dict[str, str]:
     }
 
 
-def load(directory: str | Path, *, trunk: Trunk | None = None) -> Run:
+def load(directory: str | Path, *, trunk: Trunk | None = None) -> Run | PlanRun:
     """Restore a saved run. ``trunk`` is required when the run was trained with a custom trunk
     (its code cannot live in the run directory): pass the same module, newly constructed, or
     the factory that built it. A ``plan``'s run directory gives a ``plan.PlanRun``, which
@@ -452,7 +455,7 @@ def load(directory: str | Path, *, trunk: Trunk | None = None) -> Run:
     if (directory / "members.json").is_file():
         from .plan import load_plan_run
 
-        return load_plan_run(directory)  # type: ignore[return-value]
+        return load_plan_run(directory)
     meta = _read_json(directory / "model.json")
     if meta.get("custom_trunk") and trunk is None:
         raise RunError(
