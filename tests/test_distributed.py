@@ -74,10 +74,7 @@ SCRIPT = textwrap.dedent(
     no_rest = pt.Splits(even, even.iloc[:0], even.iloc[:0])
     save(pt.fit(config(8, "mmoe"), splits=no_rest), "even_mmoe")
     save(pt.fit(config(8, "cross_stitch", "upgrad"), splits=no_rest), "stitch_upgrad")
-    # both ranks leave together: a rank tearing down its Gloo sockets while the other still
-    # reads the last collective's result aborts that one
-    dist.barrier()
-    dist.destroy_process_group()
+    leave_together()
     """
 )
 
@@ -223,8 +220,7 @@ BALANCER_SCRIPT = textwrap.dedent(
     except pt.RunError as exc:
         decisions["diverged"] = "training diverged" in str(exc)
     (out / f"rank{rank}_decisions.json").write_text(json.dumps(decisions))
-    dist.barrier()
-    dist.destroy_process_group()
+    leave_together()
     """
 )
 

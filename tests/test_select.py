@@ -365,8 +365,7 @@ DDP_SCRIPT = textwrap.dedent(
     settings = config.train.model_copy(update={"epochs": 3, "finetune": None})
     history = pt.Trainer(model, config.tasks, settings).fit(data, data, scorer=scorer)
     (out / f"rank{rank}.json").write_text(json.dumps({"epochs": history.task_epochs}))
-    dist.barrier()
-    dist.destroy_process_group()
+    leave_together()
     """
 )
 
