@@ -16,8 +16,13 @@ Job = TypeVar("Job")
 Result = TypeVar("Result")
 
 
-def default_workers(jobs: int) -> int:
-    """The machine's cores, at most one per job."""
+def default_workers(jobs: int, device: str = "cpu") -> int:
+    """The machine's cores, at most one per job; 1 when the jobs train on a GPU (``device``
+    ``cuda…``, or ``auto`` with one present): processes would share it."""
+    import torch
+
+    if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
+        return 1
     return max(1, min(os.cpu_count() or 1, jobs))
 
 
@@ -30,7 +35,8 @@ def _set_threads(threads: int) -> None:
 class Pool:
     """Runs ``fn`` over jobs here (``workers == 1``) or in ``workers`` processes with one
     torch thread each. On Linux the workers are forked (a script without a ``__main__`` guard
-    still works); elsewhere they are spawned, and a script that uses them needs the guard.
+    still works) unless this process has initialized CUDA, which a forked child cannot use;
+    then, and off Linux, they are spawned, and a script that uses them needs the guard.
     ``fn`` and the jobs must be picklable (a module-level function, plain data)."""
 
     def __init__(self, workers: int) -> None:
@@ -39,7 +45,10 @@ class Pool:
         self.workers = workers
         self.executor: ProcessPoolExecutor | None = None
         if workers > 1:
-            method = "fork" if sys.platform.startswith("linux") else "spawn"
+            import torch
+
+            fork = sys.platform.startswith("linux") and not torch.cuda.is_initialized()
+            method = "fork" if fork else "spawn"
             self.executor = ProcessPoolExecutor(
                 workers, mp_context=get_context(method), initializer=_set_threads, initargs=(1,)
             )

@@ -480,8 +480,8 @@ def plan(
     split). 0 scores on the validation split the models stopped on, which favours the
     candidates that select per task on it (``per_task``, ``finetune``). ``workers``: processes
     that train seeds in parallel, one thread each (default: the machine's cores, at most one
-    per seed; 1 trains here). ``out``: write ``plan.json``, ``comparison.json``,
-    ``comparison.png``, ``run/`` (the deliverable) and ``relate/`` there.
+    per seed, and 1 when training on a GPU; 1 trains here). ``out``: write ``plan.json``,
+    ``comparison.json``, ``comparison.png``, ``run/`` (the deliverable) and ``relate/`` there.
     """
     seeds_used = seed_list(config, seeds)
     if not seeds_used:
@@ -493,7 +493,7 @@ def plan(
     if not 0.0 <= choice_fraction < 1.0:
         raise ConfigError(f"choice_fraction: {choice_fraction} must be in [0, 1)")
     if workers is None:
-        workers = default_workers(len(seeds_used))
+        workers = default_workers(len(seeds_used), config.train.device)
     if workers < 1:
         raise ConfigError(f"workers: {workers} must be at least 1")
     seconds_cap = parse_budget(budget)

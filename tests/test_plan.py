@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -356,3 +357,14 @@ def test_plan_and_compare_train_their_many_models_without_logging(tmp_path: Path
     plan(logged, seeds=2, workers=1, candidates=["per_task"], splits=splits)
     pt.compare(logged, seeds=2, splits=splits)
     assert not logs.exists()
+
+
+def test_seeds_train_in_one_process_by_default_on_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from polytask.parallel import default_workers
+
+    assert default_workers(3, "cpu") == min(3, os.cpu_count() or 1)
+    assert default_workers(3, "cuda:0") == 1
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert default_workers(3, "auto") == 1
