@@ -793,3 +793,27 @@ def test_resume_with_a_random_subset_is_exact(tmp_path) -> None:
     pd.testing.assert_frame_equal(resumed.history[columns], straight.history[columns])
     for a, b in zip(resumed.model.parameters(), straight.model.parameters(), strict=True):
         torch.testing.assert_close(a, b)
+
+
+def test_resume_inside_a_window_of_reused_weights_is_exact(tmp_path) -> None:
+    """80 training rows in batches of 32: 3 steps an epoch, so with ``every: 2`` the window of
+    steps 2 and 3 spans the end of epoch 1, where the run stops and resumes: its weights are
+    in the checkpoint, so step 3 reuses them as the uninterrupted run does."""
+    from synthetic import make_splits
+
+    splits = make_splits(make_frame(n=160, seed=9, missing=0.2))
+    options = {"level": "representation", "every": 2}
+    config = make_config(tmp_path / "unused.csv", epochs=3, balancer="upgrad")
+    config = config.model_copy(
+        update={"train": config.train.model_copy(update={"balancer_options": options})}
+    )
+    shorter = config.model_copy(update={"train": config.train.model_copy(update={"epochs": 1})})
+    straight = pt.fit(config, splits=splits)
+    pt.fit(shorter, splits=splits, out=tmp_path / "run")
+    resumed = pt.fit(config, splits=splits, out=tmp_path / "run", resume=True)
+    losses = [c for c in resumed.history if c.startswith(("train_loss/", "val_loss/"))]
+    np.testing.assert_array_equal(
+        resumed.history[losses].to_numpy(), straight.history[losses].to_numpy()
+    )
+    for a, b in zip(resumed.model.parameters(), straight.model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

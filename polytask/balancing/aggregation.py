@@ -222,17 +222,34 @@ class _Aggregation(Balancer):
         return chosen, w * factor
 
     def state_dict(self) -> dict[str, Any]:
-        # the step count and the subset draws resume exactly; weights reused within the current
-        # window of ``every`` steps are not saved (the first step after a resume solves anew)
+        # the step count, the subset draws and the weights reused in the current window of
+        # ``every`` steps (per set of present tasks, as "reused.<0/1 per task>.…") resume exactly
         if getattr(self.options, "every", 1) == 1 and getattr(self.options, "subset", None) is None:
             return {}
-        return {"steps": torch.tensor(self._steps), "draws": self._draws.get_state()}
+        state: dict[str, Any] = {"steps": torch.tensor(self._steps)}
+        state["draws"] = self._draws.get_state()
+        for present, (window, rows, w) in self._reused.items():
+            key = "reused." + "".join("1" if p else "0" for p in present)
+            state[f"{key}.window"] = torch.tensor(window)
+            state[f"{key}.rows"] = rows.detach().cpu()
+            state[f"{key}.weights"] = w.detach().cpu()
+        return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if "steps" in state:
             self._steps = int(state["steps"])
         if "draws" in state:
             self._draws.set_state(state["draws"])
+        self._reused = {}
+        for name in state:
+            if name.startswith("reused.") and name.endswith(".window"):
+                key = name[len("reused.") : -len(".window")]
+                present = tuple(bit == "1" for bit in key)
+                self._reused[present] = (
+                    int(state[name]),
+                    state[f"reused.{key}.rows"],
+                    state[f"reused.{key}.weights"],
+                )
 
 
 def _cap(agg: Any, norm: Tensor) -> float:
