@@ -26,9 +26,17 @@ from .data import Columns, Preprocessor, TaskData
 from .errors import ConfigError, DataError, RunError, one_of
 from .io import Run
 from .losses import TaskLosses
-from .models import MultiTaskModel, build_model
+from .models import MultiTaskModel
 from .tasks import Task
-from .train import Splits, _scheduler, fit, prepare, resolve_device, resolve_tasks
+from .train import (
+    Splits,
+    _scheduler,
+    fit,
+    prepare,
+    resolve_device,
+    resolve_tasks,
+    seeded_model,
+)
 
 Vectorize = Literal["exact", "dropout", "off"]
 VECTORIZE = ("exact", "dropout", "off")
@@ -203,15 +211,7 @@ class _Member:
 def _member(config: Config, splits: Splits) -> _Member:
     (task,) = resolve_tasks(config)
     preprocessor, encoded = prepare(config, splits, [task])
-    torch.manual_seed(config.train.seed)
-    model = build_model(
-        config.model,
-        n_numeric=preprocessor.n_numeric,
-        cardinalities=preprocessor.cardinalities,
-        out_dims=preprocessor.output_dims(),
-        heads={task.name: task.head} if task.head is not None else None,
-    )
-    return _Member(task, config, preprocessor, encoded, model)
+    return _Member(task, config, preprocessor, encoded, seeded_model(config, preprocessor))
 
 
 class _Rows:

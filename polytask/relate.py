@@ -538,8 +538,7 @@ def _record_run(
 ) -> _Recorded:
     """Train ``config`` on ``splits`` with the recorder around its balancer (the setup of
     ``train.fit``, then ``Trainer.fit``); then the hidden-unit sensitivities."""
-    from .models import build_model
-    from .train import Trainer, prepare, resolve_tasks
+    from .train import Trainer, prepare, resolve_tasks, seeded_model
 
     tasks = resolve_tasks(config)
     trained = config
@@ -550,15 +549,7 @@ def _record_run(
         trained, splits = expanded.config, expanded.splits
         tasks = resolve_tasks(trained)
     preprocessor, encoded = prepare(trained, splits, tasks)
-    torch.manual_seed(config.train.seed)
-    model = build_model(
-        config.model,
-        n_numeric=preprocessor.n_numeric,
-        cardinalities=preprocessor.cardinalities,
-        out_dims=preprocessor.output_dims(),
-        heads={t.name: t.head for t in preprocessor.tasks if t.head is not None},
-    )
-    trainer = Trainer(model, tasks, config.train, callback=callback)
+    trainer = Trainer(seeded_model(config, preprocessor), tasks, config.train, callback=callback)
     started = time.perf_counter()
     with recording(
         trainer, every=every, gradient="gradient" in measures, lookahead="lookahead" in measures
@@ -573,7 +564,7 @@ def _record_run(
         found["hidden"] = rank_correlation(hidden_sensitivity(trainer.model, data))
         seconds["hidden"] = time.perf_counter() - started
     main = [t.name for t in tasks if t.is_main]
-    names = list(model.task_names)
+    names = list(trainer.model.task_names)
     return _Recorded(names, main, found, seconds, recorder.steps, recorder.recorded, held_out)
 
 

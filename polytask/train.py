@@ -648,6 +648,22 @@ def prepare(
     return preprocessor, encoded
 
 
+def seeded_model(
+    config: Config, preprocessor: Preprocessor, *, trunk: Trunk | None = None
+) -> MultiTaskModel:
+    """``config.model`` for the encoded inputs and tasks of ``preprocessor``, initialized from
+    ``train.seed`` (every trainer of the config starts from the same weights)."""
+    torch.manual_seed(config.train.seed)
+    return build_model(
+        config.model,
+        n_numeric=preprocessor.n_numeric,
+        cardinalities=preprocessor.cardinalities,
+        out_dims=preprocessor.output_dims(),
+        heads={t.name: t.head for t in preprocessor.tasks if t.head is not None},
+        trunk=trunk,
+    )
+
+
 def primary_scorer(config: Config, preprocessor: Preprocessor) -> Scorer:
     """A ``Scorer``: each main task's primary metric, on predictions decoded as ``Run.predict``
     decodes them (so target scaling and probabilities are those the metric is defined on)."""
@@ -752,15 +768,7 @@ def fit(
         trained, splits, signals = expanded.config, expanded.splits, expanded.state
         tasks = resolve_tasks(trained)
     preprocessor, encoded = prepare(trained, splits, tasks)
-    torch.manual_seed(config.train.seed)
-    model = build_model(
-        config.model,
-        n_numeric=preprocessor.n_numeric,
-        cardinalities=preprocessor.cardinalities,
-        out_dims=preprocessor.output_dims(),
-        heads={t.name: t.head for t in preprocessor.tasks if t.head is not None},
-        trunk=trunk,
-    )
+    model = seeded_model(config, preprocessor, trunk=trunk)
     trainer = Trainer(model, tasks, config.train, callback=callback)
     checkpoint_dir = Path(out) / "checkpoint" if out is not None else None
     if resume and (checkpoint_dir is None or not (checkpoint_dir / "state.json").is_file()):
