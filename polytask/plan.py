@@ -774,30 +774,23 @@ def _report_on_test(
         return cache[key][task]
 
     by: dict[str, dict[str, list[dict[str, float]]]] = {
-        arm: {t.name: [] for t in main} for arm in ("stl", "all_in_one", "plan")
+        arm: {t.name: [] for t in main} for arm in (STL, ALL_IN_ONE, "plan")
     }
     for i in range(len(seeds)):
         for task in main:
-            by["stl"][task.name].append(scores(STL, i, task.name))
-            by["all_in_one"][task.name].append(scores(ALL_IN_ONE, i, task.name))
+            by[STL][task.name].append(scores(STL, i, task.name))
+            by[ALL_IN_ONE][task.name].append(scores(ALL_IN_ONE, i, task.name))
             by["plan"][task.name].append(scores(chosen[task.name]["candidate"], i, task.name))
-    seconds = {
-        arm: sum(r.seconds for r in done[arm]) for arm in (STL, ALL_IN_ONE) if arm in done
-    }
     plan_seconds = sum(sum(r.seconds for r in results) for results in done.values())
-    vs_stl = Comparison(
-        tasks=list(tasks),
-        seeds=seeds,
-        scores={"stl": by["stl"], "mtl": by["plan"]},
-        seconds={"stl": seconds[STL], "mtl": plan_seconds},
-        labels=("STL", "plan"),
-    )
-    vs_all = Comparison(
-        tasks=list(tasks),
-        seeds=seeds,
-        scores={"stl": by["all_in_one"], "mtl": by["plan"]},
-        seconds={"stl": seconds[ALL_IN_ONE], "mtl": plan_seconds},
-        labels=("all-in-one", "plan"),
-    )
-    return vs_stl, vs_all
+
+    def versus(baseline: str, label: str) -> Comparison:
+        return Comparison(
+            tasks=list(tasks),
+            seeds=seeds,
+            scores={"stl": by[baseline], "mtl": by["plan"]},
+            seconds={"stl": sum(r.seconds for r in done[baseline]), "mtl": plan_seconds},
+            labels=(label, "plan"),
+        )
+
+    return versus(STL, "STL"), versus(ALL_IN_ONE, "all-in-one")
 
