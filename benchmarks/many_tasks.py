@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -56,9 +55,10 @@ if str(ROOT) not in sys.path:  # measure this checkout's polytask, installed or 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
+from step_cost import machine as step_cost_machine  # noqa: E402
+from stl_ensemble import run_method  # noqa: E402
 
 import polytask as pt  # noqa: E402
-from polytask.baselines import fit_stl  # noqa: E402
 from polytask.config import ModelConfig, TrainConfig  # noqa: E402
 from polytask.data import TaskData  # noqa: E402
 from polytask.models import build_model  # noqa: E402
@@ -290,14 +290,8 @@ def stl_problem(n_tasks: int, setup: Setup) -> tuple[pt.Config, pt.Splits]:
 
 
 def stl_call(method: str, config: pt.Config, splits: pt.Splits) -> dict[str, float]:
-    if method == "one":
-        config = config.model_copy(update={"tasks": config.tasks[:1]})
-    started = time.perf_counter()
-    runs = fit_stl(config, splits, vectorize="off" if method == "separate" else "exact")
-    total = time.perf_counter() - started
-    if method == "ensemble" and len(runs) > 1:
-        assert all("stl_ensemble_size" in r.metrics for r in runs.values()), "not stacked"
-    return {"total": total, "train": sum(r.metrics["train_seconds"] for r in runs.values())}
+    """stl_ensemble.py's ``fit_stl`` call: ``{"total", "train"}`` seconds."""
+    return run_method(method, config, splits)[1]
 
 
 def bench_stl(counts: list[int], setup: Setup, memory_tasks: set[int]) -> list[dict[str, Any]]:
@@ -394,23 +388,8 @@ def memory_child(setup_json: str, part: str, n_tasks: int, name: str) -> None:
 
 # ---- report ---------------------------------------------------------------------------------
 def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    return {
-        "platform": platform.platform(),
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "polytask": pt.__version__,
-        "threads": torch.get_num_threads(),
-        "load_average": os.getloadavg(),
-    }
+    """step_cost.py's machine facts, and the load while measuring."""
+    return {**step_cost_machine(), "load_average": os.getloadavg()}
 
 
 def _mem(row: dict[str, Any] | None) -> str:

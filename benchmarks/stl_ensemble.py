@@ -33,8 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -51,6 +49,7 @@ if str(ROOT) not in sys.path:  # measure this checkout's polytask, installed or 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
+from step_cost import machine as step_cost_machine  # noqa: E402
 
 import polytask as pt  # noqa: E402
 from polytask.baselines import fit_stl  # noqa: E402
@@ -115,7 +114,7 @@ def run_method(method: str, config: pt.Config, splits: pt.Splits) -> tuple[dict,
     started = time.perf_counter()
     runs = fit_stl(config, splits, vectorize="off" if method == "separate" else "exact")
     total = time.perf_counter() - started
-    if method == "ensemble":
+    if method == "ensemble" and len(runs) > 1:  # one network alone is never stacked
         assert all("stl_ensemble_size" in r.metrics for r in runs.values()), "not stacked"
     train = sum(r.metrics["train_seconds"] for r in runs.values())
     return runs, {"total": total, "train": train}
@@ -276,24 +275,6 @@ def bench_school(seeds: list[int]) -> dict[str, Any]:
     return result
 
 
-def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    return {
-        "platform": platform.platform(),
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "polytask": pt.__version__,
-        "threads": torch.get_num_threads(),
-    }
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -324,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     repeats = args.repeats or (2 if args.quick else 3)
     counts = [int(t) for t in args.tasks.split(",")]
-    info = machine()
+    info = step_cost_machine()
     print(
         f"polytask {info['polytask']}, torch {info['torch']}, {info['threads']} thread, "
         f"{info['cpu']} ({info['cpu_count']} CPUs, shared with other jobs); median (min–max) "
