@@ -368,3 +368,30 @@ def test_seeds_train_in_one_process_by_default_on_a_gpu(monkeypatch: pytest.Monk
     assert default_workers(3, "cuda:0") == 1
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert default_workers(3, "auto") == 1
+
+
+def _pid(_: int) -> int:
+    return os.getpid()
+
+
+def test_a_pool_of_two_runs_its_jobs_in_other_processes() -> None:
+    from polytask.parallel import Pool
+
+    with Pool(2) as pool:
+        away = set(pool.map(_pid, range(6)))
+    with Pool(1) as pool:
+        here = set(pool.map(_pid, range(3)))
+    assert here == {os.getpid()}
+    assert os.getpid() not in away and len(away) >= 1
+
+
+def test_the_report_names_what_each_comparison_compares(
+    planted: tuple[pt.Config, pt.Splits, Path],
+) -> None:
+    _, _, out = planted
+    comparison = json.loads((out / "comparison.json").read_text())
+    assert (comparison["baseline"], comparison["method"]) == ("STL", "plan")
+    other = comparison["vs_all_in_one"]
+    assert (other["baseline"], other["method"]) == ("all-in-one", "plan")
+    assert "plan" in other["summary"] and "all-in-one" in other["summary"]
+    assert "MTL" not in other["summary"].split(";")[0]
