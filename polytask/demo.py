@@ -6,7 +6,8 @@ from __future__ import annotations
 from .config import Config, DataConfig, ModelConfig, TrainConfig
 from .plan import DEFAULT_CANDIDATES
 
-#: The candidates the demo tries: plan's defaults (about 80 s for 3 seeds on 2 cores).
+#: The candidates the demo tries: plan's defaults (41 s for 3 seeds on 2 idle cores, measured
+#: with `time make demo` on an installed checkout; the README shows its output).
 DEMO_CANDIDATES = DEFAULT_CANDIDATES
 
 
