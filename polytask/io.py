@@ -39,6 +39,9 @@ if TYPE_CHECKING:
     from .plan import PlanRun
 
 FORMAT_VERSION = 1
+#: The file that makes a run directory a plan's: its member runs and which main task each
+#: predicts (``plan.PlanRun``).
+MEMBERS_FILE = "members.json"
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -452,7 +455,7 @@ def load(directory: str | Path, *, trunk: Trunk | None = None) -> Run | PlanRun:
     directory = Path(directory)
     if not directory.is_dir():
         raise RunError(f"run directory {str(directory)!r} does not exist")
-    if (directory / "members.json").is_file():
+    if (directory / MEMBERS_FILE).is_file():
         from .plan import load_plan_run
 
         return load_plan_run(directory)

@@ -37,7 +37,7 @@ from .config import NO_LOG, Config, FinetuneConfig
 from .data import Splits
 from .errors import ConfigError, DataError, PolytaskError, PolytaskWarning, RunError, one_of
 from .evaluate import HIGHER_IS_BETTER, delta_m, mean_std
-from .io import Run, as_frame, load, writable_dir, write_json
+from .io import MEMBERS_FILE, Run, as_frame, load, writable_dir, write_json
 from .models import ARCHITECTURES
 from .models.grouped import group_problems
 from .parallel import Pool, default_workers
@@ -45,8 +45,6 @@ from .tasks import Task
 from .train import fit, seed_list, shared_setup
 
 FORMAT_VERSION = 1
-#: The file that makes a run directory a plan's: members and which main task each predicts.
-MEMBERS_FILE = "members.json"
 
 RULE = (
     "per main task, the candidate with the best mean primary metric over seeds on the choice "
@@ -367,10 +365,6 @@ class PlanRun:
         (directory / "config.yaml").write_text(self.config.to_yaml())
         self.directory = directory
         return directory
-
-
-def is_plan_run(directory: Path) -> bool:
-    return (directory / MEMBERS_FILE).is_file()
 
 
 def load_plan_run(directory: str | Path) -> PlanRun:

@@ -22,11 +22,12 @@ import numpy as np
 import pandas as pd
 
 from .errors import PolytaskError, RunError
+from .io import MEMBERS_FILE
 
 #: The kinds of directory a report is made of, and the file that identifies each.
 REPORT_KINDS: dict[str, str] = {
     "plan": "plan.json",
-    "plan_run": "members.json",
+    "plan_run": MEMBERS_FILE,
     "compare": "comparison.json",
     "relate": "relatedness.json",
     "run": "model.json",
@@ -451,9 +452,9 @@ def _build_plan(page: _Page, directory: Path) -> None:
         ),
     )
     plain = {k: v for k, v in result.items() if k != "vs_all_in_one"}
-    _comparison_sections(page, plain, title="Plan vs STL (MTL bars: the plan's per-task choice)")
+    _comparison_sections(page, plain, title="Plan vs STL (plan bars: each task's chosen candidate)")
     run = directory / "run"
-    if (run / "members.json").is_file():
+    if (run / MEMBERS_FILE).is_file():
         _members(page, run)
     _config(page, run / "config.yaml")
     members = sorted((run / "members").glob("*/model.json"))
