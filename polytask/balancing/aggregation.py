@@ -1,8 +1,9 @@
 """Gradient-aggregation balancers: per-task gradients of the joint part combined into one update.
 
-Most aggregators are torchjd's (``torchjd.aggregation``); Nash-MTL and CAGrad are polytask's
-own (``gramian``). This module feeds them the Jacobian from ``jacobian.task_jacobian`` at one
-of two levels, over the model's ``parameter_groups()`` (see ``models.multitask``):
+Most aggregators are torchjd's (``torchjd.aggregation``); Nash-MTL, CAGrad, PCGrad and GradVac
+are polytask's own (``gramian``). This module feeds them the Jacobian from
+``jacobian.task_jacobian`` at one of two levels, over the model's ``parameter_groups()`` (see
+``models.multitask``):
 
 - ``parameters``: rows are the task gradients w.r.t. all joint (shared and other) parameters
   (exact, T× the memory of one gradient);
@@ -17,9 +18,10 @@ parameters get its own loss's gradient and the weights are 1. Tasks absent from 
 out of the Jacobian for that step.
 
 Nash-MTL and CAGrad are solved in torch on the T×T Gramian ``G = JJᵀ`` (damped Newton and an
-active-set method), so that no balancer needs a generic solver (cvxpy) at run time. Every
-aggregator except GradDrop takes two many-task options:
-``every: k`` (recompute the weights every k steps; in between the step is ``w_oldᵀJ`` with the
+active-set method), so that no balancer needs a generic solver (cvxpy) at run time; PCGrad and
+GradVac also work on G, in T − 1 steps vectorized over the tasks (not a Python loop over task
+pairs), in a random order seeded with ``seed``. Every aggregator except GradDrop takes two
+many-task options: ``every: k`` (recompute the weights every k steps; in between the step is ``w_oldᵀJ`` with the
 current J, obtained as one ordinary backward of Σ w_t L_t, so no per-task Jacobian through the
 joint parameters and no solve) and ``subset: m`` (above m present tasks, aggregate a seeded
 random m of them per step, the others weighted 0 that step).
@@ -38,8 +40,10 @@ from ..errors import ConfigError
 from ..models.multitask import MultiTaskModel
 from .base import Balancer, register_balancer
 from .gramian import CAGrad as _CAGrad
+from .gramian import GradVac as _GradVac
 from .gramian import GramianSolver
 from .gramian import NashMTL as _NashMTL
+from .gramian import PCGrad as _PCGrad
 from .jacobian import add_flat_grad, add_grads, batched_grad, task_jacobian
 
 Level = Literal["parameters", "representation"]
@@ -222,14 +226,21 @@ class _Aggregation(Balancer):
         return chosen, w * factor
 
     def state_dict(self) -> dict[str, Any]:
-        # the step count, the subset draws and the weights reused in the current window of
-        # ``every`` steps (per set of present tasks, as "reused.<0/1 per task>.…") resume exactly
+        # the solvers' own state (GradVac's targets, Nash-MTL's warm start, the random orders;
+        # per set of present tasks, as "solver.<0/1 per task>.…"), the step count, the subset
+        # draws and the weights reused in the current window of ``every`` steps (as
+        # "reused.<0/1 per task>.…") resume exactly
+        state: dict[str, Any] = {}
+        for present, agg in self._aggregators.items():
+            if isinstance(agg, GramianSolver):
+                key = "solver." + _bits(present)
+                state.update({f"{key}.{k}": v for k, v in agg.state_dict().items()})
         if getattr(self.options, "every", 1) == 1 and getattr(self.options, "subset", None) is None:
-            return {}
-        state: dict[str, Any] = {"steps": torch.tensor(self._steps)}
+            return state
+        state["steps"] = torch.tensor(self._steps)
         state["draws"] = self._draws.get_state()
         for present, (window, rows, w) in self._reused.items():
-            key = "reused." + "".join("1" if p else "0" for p in present)
+            key = "reused." + _bits(present)
             state[f"{key}.window"] = torch.tensor(window)
             state[f"{key}.rows"] = rows.detach().cpu()
             state[f"{key}.weights"] = w.detach().cpu()
@@ -250,6 +261,18 @@ class _Aggregation(Balancer):
                     state[f"reused.{key}.rows"],
                     state[f"reused.{key}.weights"],
                 )
+        solvers: dict[str, dict[str, Any]] = {}
+        for name, value in state.items():
+            if name.startswith("solver."):
+                key, field = name[len("solver.") :].split(".", 1)
+                solvers.setdefault(key, {})[field] = value
+        for key, solver_state in solvers.items():
+            self._aggregator([bit == "1" for bit in key]).load_state_dict(solver_state)
+
+
+def _bits(present: tuple[bool, ...]) -> str:
+    """A set of present tasks as a key: one 0/1 per task."""
+    return "".join("1" if p else "0" for p in present)
 
 
 def _cap(agg: Any, norm: Tensor) -> float:
@@ -331,10 +354,9 @@ def MGDA(o: MGDAOptions, n: int) -> Any:
     "pcgrad", "projects away conflicting gradient components", "Yu et al. 2020", AggregatorOptions
 )
 def PCGrad(o: AggregatorOptions, n: int) -> Any:
-    """Projecting conflicting gradients."""
-    from torchjd.aggregation import PCGrad
-
-    return PCGrad()
+    """Projecting conflicting gradients (on the Gramian, in a seeded random order,
+    ``gramian.PCGrad``)."""
+    return _PCGrad(seed=o.seed)
 
 
 class CAGradOptions(AggregatorOptions):
@@ -389,10 +411,8 @@ class GradVacOptions(AggregatorOptions):
     GradVacOptions,
 )
 def GradVac(o: GradVacOptions, n: int) -> Any:
-    """Gradient vaccine."""
-    from torchjd.aggregation import GradVac
-
-    return GradVac(beta=o.beta)
+    """Gradient vaccine (on the Gramian, in a seeded random order, ``gramian.GradVac``)."""
+    return _GradVac(n, beta=o.beta, seed=o.seed)
 
 
 class NashMTLOptions(AggregatorOptions):

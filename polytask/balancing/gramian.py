@@ -1,12 +1,20 @@
-"""Aggregation weights solved in torch from the T×T Gramian G = JJᵀ alone: Nash-MTL and CAGrad.
+"""Aggregation weights computed in torch from the T×T Gramian G = JJᵀ alone: Nash-MTL, CAGrad,
+PCGrad and GradVac.
 
-Both replace torchjd's cvxpy solves (ECOS, CLARABEL) with small dense iterations in float64 on
-the Gramian, keeping torchjd's conventions (Gramian normalization, Nash-MTL's ``max_norm`` cap
-and ``update_weights_every``, CAGrad's ``norm_eps``), so the weights agree with torchjd's where
-its solver succeeds (``tests/test_balancers.py`` checks this when cvxpy is installed).
+Nash-MTL and CAGrad replace torchjd's cvxpy solves (ECOS, CLARABEL) with small dense iterations
+in float64 on the Gramian, keeping torchjd's conventions (Gramian normalization, Nash-MTL's
+``max_norm`` cap and ``update_weights_every``, CAGrad's ``norm_eps``), so the weights agree with
+torchjd's where its solver succeeds (``tests/test_balancers.py`` checks this when cvxpy is
+installed). PCGrad and GradVac replace torchjd's loops over task pairs with T − 1 steps
+vectorized over the tasks (weight space: row i of W holds g_i' = Σ_k W[i,k] g_k), in a random
+order drawn from a seeded generator; their weights agree with torchjd's where the order cannot
+matter (two tasks). Stateful solvers give their state as tensors (``state_dict``), so that a
+resumed run continues exactly.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor
@@ -14,13 +22,20 @@ from torch import Tensor
 
 class GramianSolver:
     """A weighting that needs only the Gramian; ``cap`` is the factor applied to the weights
-    and the direction given the direction's norm (1 unless the method caps it)."""
+    and the direction given the direction's norm (1 unless the method caps it);
+    ``state_dict``/``load_state_dict`` carry what a stateful solver keeps between calls."""
 
     def weights(self, gram: Tensor) -> Tensor:
         raise NotImplementedError
 
     def cap(self, norm: float) -> float:
         return 1.0
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        return None
 
 
 class NashMTL(GramianSolver):
@@ -62,6 +77,18 @@ class NashMTL(GramianSolver):
 
     def cap(self, norm: float) -> float:
         return self.max_norm / norm if 0 < self.max_norm < norm else 1.0
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {
+            "alpha": self.alpha.clone(),
+            "scale": torch.tensor(self.scale, dtype=torch.float64),
+            "step": torch.tensor(self.step),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        self.alpha = state["alpha"].to(torch.float64).clone()
+        self.scale = float(state["scale"])
+        self.step = int(state["step"])
 
 
 def nash_weights(
@@ -190,3 +217,94 @@ def _simplex(x: Tensor) -> Tensor:
     k = torch.arange(1, len(x) + 1, dtype=x.dtype)
     rho = int((u - css / k > 0).nonzero().max())
     return (x - css[rho] / (rho + 1)).clamp(min=0)
+
+
+class PCGrad(GramianSolver):
+    """PCGrad (Yu et al. 2020): each g_i, visiting the other tasks j in a random order (drawn
+    per i, as torchjd does), loses its component along g_j when g_i'·g_j < 0; the direction is
+    Σ_i g_i'. A zero g_j projects nothing. The orders come from a generator seeded with
+    ``seed``, kept across calls."""
+
+    def __init__(self, *, seed: int) -> None:
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def weights(self, gram: Tensor) -> Tensor:
+        g = _symmetric(gram)
+        n = len(g)
+        order = _orders(n, self.generator)
+        w = torch.eye(n, dtype=torch.float64)
+        rows = torch.arange(n)
+        sq = g.diagonal()
+        for s in range(n - 1):  # every i handles its own j = order[i, s] at once
+            j = order[:, s]
+            dot = torch.linalg.vecdot(w, g[j])  # g_i'·g_j = (WG)[i, j]
+            conflict = (dot < 0) & (sq[j] > 0)
+            w[rows, j] -= torch.where(conflict, dot / sq[j].clamp(min=_TINY), 0.0)
+        return w.sum(0).to(dtype=gram.dtype, device=gram.device)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        self.generator.set_state(state["generator"])
+
+
+class GradVac(GramianSolver):
+    """GradVac (Wang et al. 2021) with torchjd's conventions: for each i, over the other tasks j
+    in a random order (per i), φ = g_i'·g_j / (‖g_i'‖‖g_j‖ + eps); when φ < φ̂_ij, g_i' gains
+    ‖g_i'‖ (φ̂√(1−φ²) − φ√(1−φ̂²)) / (‖g_j‖√(1−φ̂²) + eps) · g_j (which makes its cosine with g_j
+    φ̂_ij); then φ̂_ij ← (1−β) φ̂_ij + β φ, with φ the cosine before the correction. The
+    direction is Σ_i g_i'. The targets φ̂ (from 0) and the generator (seeded with ``seed``) are
+    kept across calls. Unlike torchjd, a zero g_j gets no correction (the direction is the same;
+    torchjd's weight on it would be ‖g_i'‖φ̂/eps)."""
+
+    def __init__(self, n_tasks: int, *, beta: float, seed: int, eps: float = 1e-8) -> None:
+        self.beta = beta
+        self.eps = eps
+        self.targets = torch.zeros(n_tasks, n_tasks, dtype=torch.float64)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def weights(self, gram: Tensor) -> Tensor:
+        g = _symmetric(gram)
+        n = len(g)
+        order = _orders(n, self.generator)
+        w = torch.eye(n, dtype=torch.float64)
+        rows = torch.arange(n)
+        norms = g.diagonal().clamp(min=0).sqrt()
+        sq = g.diagonal().clone()  # ‖g_i'‖², updated with each correction
+        for s in range(n - 1):  # every i handles its own j = order[i, s] at once
+            j = order[:, s]
+            dot = torch.linalg.vecdot(w, g[j])
+            norm_i, norm_j = sq.clamp(min=0).sqrt(), norms[j]
+            cos = dot / (norm_i * norm_j + self.eps)
+            target = self.targets[rows, j]
+            sin, sin_target = (1 - cos**2).clamp(min=0).sqrt(), (1 - target**2).clamp(min=0).sqrt()
+            gain = norm_i * (target * sin - cos * sin_target) / (norm_j * sin_target + self.eps)
+            gain = torch.where((cos < target) & (norm_j > 0), gain, 0.0)
+            w[rows, j] += gain
+            sq += gain * (2 * dot + gain * norm_j**2)
+            self.targets[rows, j] = (1 - self.beta) * target + self.beta * cos
+        return w.sum(0).to(dtype=gram.dtype, device=gram.device)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {"targets": self.targets.clone(), "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        self.targets = state["targets"].to(torch.float64).clone()
+        self.generator.set_state(state["generator"])
+
+
+_TINY = torch.finfo(torch.float64).tiny
+
+
+def _symmetric(gram: Tensor) -> Tensor:
+    """The Gramian in float64 on the CPU, symmetrized."""
+    g = gram.detach().to(device="cpu", dtype=torch.float64)
+    return 0.5 * (g + g.T)
+
+
+def _orders(n: int, generator: torch.Generator) -> Tensor:
+    """Row i: the tasks other than i in a random order, drawn independently for each i."""
+    keys = torch.rand(n, n, generator=generator, dtype=torch.float64)
+    keys.fill_diagonal_(2.0)  # i sorts last, then is dropped
+    return keys.argsort(1)[:, :-1]
