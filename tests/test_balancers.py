@@ -64,6 +64,102 @@ def test_pcgrad_leaves_no_conflict_between_two_projected_gradients(n: int, seed:
     torch.testing.assert_close(d, p1 + p2)
 
 
+def _conflicting(m: int, n: int, seed: int) -> torch.Tensor:
+    """m task gradients in n dimensions, many pairs conflicting (a common part of either sign)."""
+    g = torch.Generator().manual_seed(seed)
+    common = torch.randn(n, generator=g, dtype=torch.float64)
+    signs = torch.where(torch.rand(m, 1, generator=g) < 0.5, -1.0, 1.0).double()
+    return signs * common + 0.8 * torch.randn(m, n, generator=g, dtype=torch.float64)
+
+
+def _drawn_orders(m: int, seed: int, calls: int) -> list[list[list[int]]]:
+    """The orders the solvers draw in their first ``calls`` calls: row i, the other tasks."""
+    from polytask.balancing.gramian import _orders
+
+    g = torch.Generator().manual_seed(seed)
+    return [_orders(m, g).tolist() for _ in range(calls)]
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("n", [3, 20])
+def test_pcgrad_agrees_with_torchjd_on_two_tasks(n: int, seed: int) -> None:
+    """With two tasks the order cannot matter: polytask's weights are torchjd's."""
+    from torchjd.aggregation import PCGrad
+
+    for jac in (torch.randn(2, n, dtype=torch.float64), _conflicting(2, n, seed)):
+        w, _ = _direction("pcgrad", jac, seed=seed)
+        torch.testing.assert_close(w, PCGrad().gramian_weighting(jac @ jac.T).to(w.dtype))
+
+
+@pytest.mark.parametrize(("m", "n", "seed"), [(3, 4, 0), (5, 3, 1), (8, 6, 2), (12, 5, 3)])
+def test_pcgrad_projects_each_gradient_in_turn_in_its_drawn_order(m: int, n: int, seed: int):
+    """Yu et al.'s loop on the vectors themselves, in the order the seeded generator draws:
+    g_i' loses its component along g_j whenever g_i'·g_j < 0, one j after another (so each g_i'
+    ends without conflict with the last g_j of its order); the direction is Σ_i g_i'."""
+    jac = _conflicting(m, n, seed)
+    rows, total = jac.numpy(), 0
+    for i, order in enumerate(_drawn_orders(m, seed, 1)[0]):
+        assert sorted(order) == [k for k in range(m) if k != i]
+        gi = rows[i].copy()
+        for j in order:
+            gi = gi - min(0.0, gi @ rows[j]) / (rows[j] @ rows[j]) * rows[j]
+        assert gi @ rows[order[-1]] >= -1e-9
+        total = total + gi
+    _, d = _direction("pcgrad", jac, seed=seed)
+    np.testing.assert_allclose(d.numpy(), total, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_pcgrad_on_conflicts_in_orthogonal_pairs_is_pairwise(seed: int) -> None:
+    """Pairs that conflict within orthogonal subspaces: every order gives two-task PCGrad per
+    pair (a projection on an orthogonal gradient does nothing), whatever the seed."""
+    g = torch.Generator().manual_seed(seed)
+    jac = torch.zeros(6, 9, dtype=torch.float64)
+    expected = torch.zeros(9, dtype=torch.float64)
+    for k in range(3):
+        a = torch.randn(3, generator=g, dtype=torch.float64)
+        b = -a + 0.5 * torch.randn(3, generator=g, dtype=torch.float64)
+        jac[2 * k, 3 * k : 3 * k + 3], jac[2 * k + 1, 3 * k : 3 * k + 3] = a, b
+        expected[3 * k : 3 * k + 3] = (
+            a
+            - min(0.0, float(a @ b)) / float(b @ b) * b
+            + b
+            - min(0.0, float(a @ b)) / float(a @ a) * a
+        )
+    for s in (0, 7):
+        _, d = _direction("pcgrad", jac, seed=s)
+        torch.testing.assert_close(d, expected)
+
+
+@pytest.mark.parametrize("name", ["pcgrad", "gradvac"])
+def test_the_order_is_random_but_seeded(name: str) -> None:
+    """Same seed, same weights; another seed, another order and other weights (eight tasks
+    with many conflicts, where the order matters); the next call draws a new order."""
+    jac = _conflicting(8, 4, 0)
+    runs = {s: make_balancer(name, _tasks(8), {"seed": s}) for s in (0, 1)}
+    again = make_balancer(name, _tasks(8), {"seed": 0})
+    first = {s: b.weights_and_direction(jac, [True] * 8)[0] for s, b in runs.items()}
+    torch.testing.assert_close(again.weights_and_direction(jac, [True] * 8)[0], first[0])
+    assert not torch.allclose(first[0], first[1], rtol=1e-3)
+    if name == "pcgrad":  # no state but the order: the same Jacobian, a new order
+        assert not torch.allclose(runs[0].weights_and_direction(jac, [True] * 8)[0], first[0])
+
+
+@pytest.mark.parametrize("name", ["pcgrad", "gradvac"])
+def test_a_vanishing_task_gradient_changes_nothing_for_the_others(name: str) -> None:
+    """A zero row: finite weights (its own stays 1), the other two tasks' direction is their
+    two-task aggregation (torchjd's GradVac would weight the zero row by ‖g_i‖φ̂/eps)."""
+    jac = _conflicting(2, 5, 4)
+    with_zero = torch.cat([jac[:1], torch.zeros(1, 5, dtype=torch.float64), jac[1:]])
+    names = _tasks(3)
+    three, two = make_balancer(name, names, {}), make_balancer(name, names[:2], {})
+    for _ in range(3):  # GradVac's targets grow positive, so the zero row would be "corrected"
+        w, d = three.weights_and_direction(with_zero, [True] * 3)
+        _, d_two = two.weights_and_direction(jac, [True] * 2)
+        assert bool(w.isfinite().all()) and float(w[1]) == 1.0
+        torch.testing.assert_close(d, d_two)
+
+
 @pytest.mark.parametrize(("m", "n", "seed"), SIZES)
 def test_imtl_g_has_equal_projections_on_unit_task_gradients(m: int, n: int, seed: int) -> None:
     jac = torch.randn(m, n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
@@ -424,6 +520,48 @@ def test_gradvac_raises_each_cosine_to_its_running_target(seed: int, beta: float
             expected.append(_vaccinated(gi, gj, target[i, j]) if cos < target[i, j] else gi)
             target[i, j] = (1 - beta) * target[i, j] + beta * cos
         np.testing.assert_allclose(d.numpy(), sum(expected), rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("beta", [0.3, 0.9])
+@pytest.mark.parametrize("seed", range(3))
+def test_gradvac_agrees_with_torchjd_on_two_tasks_over_steps(seed: int, beta: float) -> None:
+    """With two tasks the order cannot matter: the weights are torchjd's at every step (the
+    targets φ̂ carried from step to step)."""
+    from torchjd.aggregation import GradVac
+
+    g = torch.Generator().manual_seed(seed)
+    balancer, theirs = make_balancer("gradvac", _tasks(2), {"beta": beta}), GradVac(beta=beta)
+    for step in range(6):
+        jac = torch.randn(2, 9, generator=g, dtype=torch.float64)
+        if step % 3 < 2:  # mostly agreeing gradients, so that the targets become positive
+            jac[1] = jac[0] + 0.5 * jac[1]
+        w, _ = balancer.weights_and_direction(jac, [True, True])
+        torch.testing.assert_close(w, theirs.gramian_weighting(jac @ jac.T), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize(("m", "seed"), [(3, 0), (5, 1), (8, 2)])
+def test_gradvac_vaccinates_each_gradient_in_turn_in_its_drawn_order(m: int, seed: int) -> None:
+    """More tasks, several steps: for each i, over the other j in the order the seeded generator
+    draws, g_i' is moved along g_j until cos(g_i', g_j) = φ̂_ij when it is below, and φ̂_ij
+    follows the cosine before the move; the direction is Σ_i g_i'."""
+    g = torch.Generator().manual_seed(seed + 100)
+    balancer = make_balancer("gradvac", _tasks(m), {"beta": 0.5, "seed": seed})
+    target = np.zeros((m, m))
+    for step, orders in enumerate(_drawn_orders(m, seed, 4)):
+        jac = _conflicting(m, 6, seed + step) if step else torch.randn(m, 6, generator=g).double()
+        if step == 0:  # agreeing gradients first, so that the targets become positive
+            jac = jac[:1] + 0.3 * jac
+        rows, total = jac.numpy(), 0
+        for i, order in enumerate(orders):
+            gi = rows[i].copy()
+            for j in order:
+                cos = gi @ rows[j] / np.linalg.norm(gi) / np.linalg.norm(rows[j])
+                if cos < target[i, j]:
+                    gi = _vaccinated(gi, rows[j], target[i, j])
+                target[i, j] = 0.5 * target[i, j] + 0.5 * cos
+            total = total + gi
+        _, d = balancer.weights_and_direction(jac, [True] * m)  # (eps = 1e-8 in its cosines)
+        np.testing.assert_allclose(d.numpy(), total, rtol=1e-6, atol=1e-7)
 
 
 def _nash_weights(gram: np.ndarray) -> np.ndarray:
@@ -814,6 +952,35 @@ def test_resume_inside_a_window_of_reused_weights_is_exact(tmp_path) -> None:
     losses = [c for c in resumed.history if c.startswith(("train_loss/", "val_loss/"))]
     np.testing.assert_array_equal(
         resumed.history[losses].to_numpy(), straight.history[losses].to_numpy()
+    )
+    for a, b in zip(resumed.model.parameters(), straight.model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [("gradvac", {"beta": 0.2}), ("nash_mtl", {"update_weights_every": 2}), ("pcgrad", {})],
+)
+def test_resume_of_a_stateful_aggregator_is_exact(tmp_path, name: str, options: dict) -> None:
+    """GradVac's targets, Nash-MTL's warm start and step count and the solvers' random orders
+    (one state per set of present tasks: labels are missing) are in the checkpoint: 1 + 2 epochs
+    give the weights and parameters of 3 straight epochs."""
+    from synthetic import make_splits
+
+    splits = make_splits(make_frame(n=160, seed=9, missing=0.2))
+    config = make_config(tmp_path / "unused.csv", epochs=3, balancer=name)
+    options = {"level": "representation", **options}
+    config = config.model_copy(
+        update={"train": config.train.model_copy(update={"balancer_options": options})}
+    )
+    shorter = config.model_copy(update={"train": config.train.model_copy(update={"epochs": 1})})
+    straight = pt.fit(config, splits=splits)
+    pt.fit(shorter, splits=splits, out=tmp_path / "run")
+    resumed = pt.fit(config, splits=splits, out=tmp_path / "run", resume=True)
+    columns = [c for c in straight.history if c.startswith(("weight/", "train_loss/", "val_loss/"))]
+    assert any(c.startswith("weight/") for c in columns)
+    np.testing.assert_array_equal(
+        resumed.history[columns].to_numpy(), straight.history[columns].to_numpy()
     )
     for a, b in zip(resumed.model.parameters(), straight.model.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
