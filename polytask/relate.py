@@ -386,7 +386,7 @@ class _Recorder(Balancer):
             joint_params=joint,
             outputs=outputs,
             slots=model.slots(names) if outputs is not None else None,
-            output_rows=model.output_rows,
+            output_map=model.output_map,
         )
         position = {n: i for i, n in enumerate(self.names)}
         present = [position[n] for n, p in zip(names, jac.present, strict=True) if p]

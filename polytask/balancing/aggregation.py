@@ -20,11 +20,15 @@ out of the Jacobian for that step.
 Nash-MTL and CAGrad are solved in torch on the T×T Gramian ``G = JJᵀ`` (damped Newton and an
 active-set method), so that no balancer needs a generic solver (cvxpy) at run time; PCGrad and
 GradVac also work on G, in T − 1 steps vectorized over the tasks (not a Python loop over task
-pairs), in a random order seeded with ``seed``. Every aggregator except GradDrop takes two
-many-task options: ``every: k`` (recompute the weights every k steps; in between the step is ``w_oldᵀJ`` with the
-current J, obtained as one ordinary backward of Σ w_t L_t, so no per-task Jacobian through the
-joint parameters and no solve) and ``subset: m`` (above m present tasks, aggregate a seeded
-random m of them per step, the others weighted 0 that step).
+pairs), in a random order seeded with ``seed``. Every aggregator but GradDrop needs only G: at
+the representation level with linear heads G comes from the factors of J
+(``jacobian.FactoredRows``), and J is never formed.
+
+Every aggregator except GradDrop takes two many-task options: ``every: k`` (recompute the
+weights every k steps; in between the step is ``w_oldᵀJ`` with the current J, obtained as one
+ordinary backward of Σ w_t L_t, so no per-task Jacobian through the joint parameters and no
+solve) and ``subset: m`` (above m present tasks, aggregate a seeded random m of them per step,
+the others weighted 0 that step).
 """
 
 from __future__ import annotations
@@ -44,7 +48,17 @@ from .gramian import GradVac as _GradVac
 from .gramian import GramianSolver
 from .gramian import NashMTL as _NashMTL
 from .gramian import PCGrad as _PCGrad
-from .jacobian import add_flat_grad, add_grads, batched_grad, task_jacobian
+from .jacobian import (
+    Rows,
+    add_flat_grad,
+    add_grads,
+    batched_grad,
+    combine,
+    dense,
+    gramian,
+    select,
+    task_jacobian,
+)
 
 Level = Literal["parameters", "representation"]
 
@@ -100,31 +114,34 @@ class _Aggregation(Balancer):
             self._aggregators[key] = self._new(sum(present))
         return self._aggregators[key]
 
-    def weights_and_direction(self, matrix: Tensor, present: list[bool]) -> tuple[Tensor, Tensor]:
+    def weights_and_direction(self, matrix: Rows, present: list[bool]) -> tuple[Tensor, Tensor]:
         """The aggregator's task weights w (present tasks) and direction d = wᵀJ."""
         if len(matrix) == 1:  # one task: every method reduces to its gradient
-            return torch.ones(1, device=matrix.device), matrix[0]
+            ones = torch.ones(1)
+            return ones, combine(matrix, ones)
         w, d = self._combine(self._aggregator(present), matrix)
         factor = _cap(self._template, d.norm())
         return w * factor, d * factor
 
     @staticmethod
-    def _combine(agg: Any, matrix: Tensor) -> tuple[Tensor, Tensor]:
-        """Uncapped weights and direction; Gramian-only weightings get G = JJᵀ (T×T) alone."""
+    def _combine(agg: Any, matrix: Rows) -> tuple[Tensor, Tensor]:
+        """Uncapped weights and direction; Gramian-only weightings get G = JJᵀ (T×T) alone
+        (from the factors, when the rows are factored, without forming J)."""
         from torchjd.aggregation import GramianWeightedAggregator, WeightedAggregator
 
         if isinstance(agg, GramianSolver):
-            w = agg.weights(matrix @ matrix.T)
+            w = agg.weights(gramian(matrix))
         elif isinstance(agg, GramianWeightedAggregator):
-            w = agg.gramian_weighting(matrix @ matrix.T)
+            w = agg.gramian_weighting(gramian(matrix))
         elif isinstance(agg, WeightedAggregator):
-            w = agg.weighting(matrix)
+            w = agg.weighting(dense(matrix))
         else:  # not a linear combination (GradDrop): report least-squares implied weights
-            d = agg(matrix)
-            w = torch.linalg.lstsq(matrix.T, d.unsqueeze(1)).solution.squeeze(1)
+            full = dense(matrix)
+            d = agg(full)
+            w = torch.linalg.lstsq(full.T, d.unsqueeze(1)).solution.squeeze(1)
             return w.detach(), d.detach()
-        w = w.detach().to(matrix.dtype)
-        return w, w @ matrix
+        w = w.detach().to(matrix.dtype if isinstance(matrix, Tensor) else torch.float32)
+        return w, combine(matrix, w)
 
     def backward(
         self,
@@ -156,7 +173,7 @@ class _Aggregation(Balancer):
             joint_params=joint if by_params and not many else None,
             outputs=outputs if fast else None,
             slots=model.slots(names) if fast else None,
-            output_rows=model.output_rows if fast else None,
+            output_map=model.output_map if fast else None,
         )
         add_grads(specific, jac.task_grads)
         weights = {n: 0.0 for n in names}
@@ -177,7 +194,7 @@ class _Aggregation(Balancer):
 
     def _many_tasks(
         self,
-        jac_z: Tensor,
+        jac_z: Rows,
         present: list[bool],
         features: Tensor,
         joint: list[Tensor],
@@ -193,15 +210,15 @@ class _Aggregation(Balancer):
         if cached is not None and cached[0] == window:
             _, rows, w = cached
         else:
-            rows = torch.arange(len(jac_z), device=jac_z.device)
+            rows = torch.arange(len(jac_z), device=features.device)
             drawn = o.subset is not None and len(jac_z) > o.subset
             if drawn:
                 picked = torch.randperm(len(jac_z), generator=self._draws)[: o.subset]
-                rows = picked.sort().values.to(jac_z.device)
-            sub = jac_z.index_select(0, rows)
-            matrix = _rows(features, joint, sub) if by_params else sub
+                rows = picked.sort().values.to(features.device)
+            sub = select(jac_z, rows)
+            matrix = _rows(features, joint, dense(sub)) if by_params else sub
             if len(matrix) == 1:
-                w = torch.ones(1, dtype=matrix.dtype, device=matrix.device)
+                w = torch.ones(1)
             else:
                 # a stateful aggregator keeps no state across random subsets (one per subset
                 # would grow without bound): a drawn subset gets a fresh one
@@ -211,7 +228,7 @@ class _Aggregation(Balancer):
                 self._reused = {k: v for k, v in self._reused.items() if v[0] == window}
                 self._reused[tuple(present)] = (window, rows, w)
         # wᵀJ is the gradient of Σ w_t L_t: one ordinary backward from z, at either level
-        cotangent = w.to(jac_z.dtype) @ jac_z.index_select(0, rows)
+        cotangent = combine(select(jac_z, rows), w)
         if by_params:
             grads = _pull(features, joint, cotangent, into=False)
             norm = torch.stack([g.float().pow(2).sum() for g in grads if g is not None])

@@ -17,16 +17,78 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-#: ∂L_i/∂z ``(T_i, N, …)`` from ∂L_i/∂outputs ``(N, T_i, o)`` and the tasks' output slots, or
-#: None (``MultiTaskModel.output_rows``).
-OutputRows = Callable[[Tensor, Tensor], Tensor | None]
+#: The linear map ``(T_i, d, o)`` from z ``(N, d)`` to the outputs of the tasks at the given
+#: slots, or None when the heads are not linear (``MultiTaskModel.output_map``).
+OutputMap = Callable[[Tensor], Tensor | None]
+
+
+@dataclass
+class FactoredRows:
+    """The z-level rows ∂L_t/∂z of linear heads, kept as two factors instead of a T × (N·d)
+    matrix: row t is ``Σ_o grads[:, t, o] ⊗ maps[t, :, o]`` (N × d, flattened).
+
+    The Gramian then costs (T·o)²·(N + d) multiply-adds instead of T²·N·d, and the combined
+    direction ``wᵀJ`` one (N, T·o) × (T·o, d) product: J itself is never formed unless an
+    aggregator needs more than its Gramian (``dense``).
+    """
+
+    grads: Tensor  # (N, T, o): ∂L_t/∂outputs, task t's slot
+    maps: Tensor  # (T, d, o)
+
+    def __len__(self) -> int:
+        return self.grads.shape[1]
+
+    def gramian(self) -> Tensor:
+        n, t, o = self.grads.shape
+        a = self.grads.reshape(n, t * o).float()
+        m = self.maps.permute(0, 2, 1).reshape(t * o, -1).float()
+        return ((a.T @ a) * (m @ m.T)).view(t, o, t, o).sum((1, 3))
+
+    def combine(self, w: Tensor) -> Tensor:
+        """``Σ_t w_t row_t``, flat ``(N·d,)``."""
+        scaled = self.grads * w.to(self.grads)[None, :, None]
+        return torch.einsum("nto,tdo->nd", scaled, self.maps).flatten()
+
+    def select(self, rows: Tensor) -> FactoredRows:
+        return FactoredRows(self.grads.index_select(1, rows), self.maps.index_select(0, rows))
+
+    def dense(self) -> Tensor:
+        return torch.einsum("nto,tdo->tnd", self.grads, self.maps).flatten(1).float()
+
+    def nonzero(self) -> Tensor:
+        """Which rows are not exactly zero (their squared norm, in float64, is positive)."""
+        g, m = self.grads.double(), self.maps.double()
+        outer = torch.einsum("nto,ntp->top", g, g) * torch.einsum("tdo,tdp->top", m, m)
+        return outer.sum((1, 2)) > 0
+
+
+Rows = Tensor | FactoredRows
+
+
+def gramian(rows: Rows) -> Tensor:
+    """G = JJᵀ (T×T) of dense or factored rows."""
+    return rows.gramian() if isinstance(rows, FactoredRows) else rows @ rows.T
+
+
+def combine(rows: Rows, w: Tensor) -> Tensor:
+    """The direction ``wᵀJ`` (flat)."""
+    return rows.combine(w) if isinstance(rows, FactoredRows) else w.to(rows) @ rows
+
+
+def dense(rows: Rows) -> Tensor:
+    """J as a ``(T, n)`` float32 matrix."""
+    return rows.dense() if isinstance(rows, FactoredRows) else rows
+
+
+def select(rows: Rows, index: Tensor) -> Rows:
+    return rows.select(index) if isinstance(rows, FactoredRows) else rows.index_select(0, index)
 
 
 @dataclass
 class TaskJacobian:
     """Rows of the present tasks only; ``present[t]`` says which tasks those are."""
 
-    matrix: Tensor  # (T_present, n) in float32
+    matrix: Rows  # (T_present, n) in float32, or its factors (z level, linear heads)
     present: list[bool]
     task_grads: list[Tensor | None]  # Σ_t ∂L_t/∂θ for each task-specific parameter
 
@@ -53,23 +115,25 @@ def task_jacobian(
     joint_params: Sequence[Tensor] | None,
     outputs: Tensor | None = None,
     slots: Sequence[int] | None = None,
-    output_rows: OutputRows | None = None,
+    output_map: OutputMap | None = None,
 ) -> TaskJacobian:
     """The Jacobian of ``losses`` w.r.t. z (``joint_params`` None) or the joint parameters.
 
     With the packed ``outputs`` (N, T_out, o) and the slot of each loss in them (``slots``),
     ∂L/∂z is taken the cheap way: loss i depends on ``outputs[:, slots[i]]`` only, so one
     ordinary backward gives every ∂L_i/∂outputs and the task-specific gradients, and only the
-    part between z and the outputs is differentiated per task (``output_rows``' closed form,
-    one einsum for linear heads, else one batched backward from the outputs to z). Without
-    them the batched backward runs through the losses too.
+    part between z and the outputs is differentiated per task: with linear heads
+    (``output_map``) that is a product with their weights, which at the z level is kept
+    factored (``FactoredRows``) when that is cheaper than forming J; otherwise one batched
+    backward from the outputs to z. Without them the batched backward runs through the
+    losses too.
 
     A task whose gradient on z is exactly zero (no labelled row in the batch) is left out.
     The graph through z is kept, so the caller may still backpropagate into it.
     """
     if outputs is not None and slots is not None:
         jac_z, task_grads = _jacobian_from_outputs(
-            losses, features, outputs, slots, task_params, output_rows
+            losses, features, outputs, slots, task_params, output_map, joint_params is None
         )
     else:
         eye = torch.eye(len(losses), dtype=losses.dtype, device=losses.device)
@@ -78,6 +142,9 @@ def task_jacobian(
         if jac_z is None:
             jac_z = torch.zeros(len(losses), *features.shape, dtype=features.dtype)
         task_grads = [None if g is None else g.sum(0) for g in grads[1:]]
+    if isinstance(jac_z, FactoredRows):
+        keep = jac_z.nonzero()
+        return TaskJacobian(jac_z.select(keep.nonzero().squeeze(1)), keep.tolist(), task_grads)
     present = (jac_z.flatten(1).abs().amax(1) > 0).tolist()
     jac_z = jac_z[torch.tensor(present, device=jac_z.device)]
     if joint_params is None or not len(jac_z):
@@ -101,8 +168,9 @@ def _jacobian_from_outputs(
     outputs: Tensor,
     slots: Sequence[int],
     task_params: Sequence[Tensor],
-    output_rows: OutputRows | None,
-) -> tuple[Tensor, list[Tensor | None]]:
+    output_map: OutputMap | None,
+    factor: bool,
+) -> tuple[Tensor | FactoredRows, list[Tensor | None]]:
     (g,) = torch.autograd.grad(losses.sum(), outputs, retain_graph=True)
     task_grads: list[Tensor | None] = []
     if task_params:
@@ -111,15 +179,28 @@ def _jacobian_from_outputs(
         )
     index = torch.tensor(list(slots), device=g.device)
     g = g.index_select(1, index)  # (N, T, o): column i is loss i's
-    jac_z = output_rows(g, index) if output_rows is not None else None
+    maps = output_map(index) if output_map is not None else None
+    if maps is not None:
+        maps = maps.detach().to(g.dtype)
+        if factor and _factoring_pays(g, maps):
+            return FactoredRows(g, maps), task_grads
+        # linear heads: ∂L_i/∂z = g_i W_iᵀ, one einsum for all tasks
+        return torch.einsum("nto,tdo->tnd", g, maps).to(features.dtype), task_grads
+    eye = torch.eye(len(slots), dtype=g.dtype, device=g.device)
+    cotangents = torch.zeros(len(slots), *outputs.shape, dtype=g.dtype, device=g.device)
+    cotangents[:, :, index] = g.unsqueeze(0) * eye[:, None, :, None]
+    (jac_z,) = batched_grad(outputs, [features], cotangents, retain_graph=True)
     if jac_z is None:
-        eye = torch.eye(len(slots), dtype=g.dtype, device=g.device)
-        cotangents = torch.zeros(len(slots), *outputs.shape, dtype=g.dtype, device=g.device)
-        cotangents[:, :, index] = g.unsqueeze(0) * eye[:, None, :, None]
-        (jac_z,) = batched_grad(outputs, [features], cotangents, retain_graph=True)
-        if jac_z is None:
-            jac_z = torch.zeros(len(slots), *features.shape, dtype=features.dtype)
+        jac_z = torch.zeros(len(slots), *features.shape, dtype=features.dtype)
     return jac_z.to(features.dtype), task_grads
+
+
+def _factoring_pays(grads: Tensor, maps: Tensor) -> bool:
+    """Whether the factored Gramian ((T·o)²·(N + d)) beats forming J and its Gramian
+    (T·N·d·o + T²·N·d)."""
+    n, t, o = grads.shape
+    d = maps.shape[1]
+    return (t * o) ** 2 * (n + d) <= t * n * d * (o + t)
 
 
 def add_grads(params: Sequence[Tensor], grads: Sequence[Tensor | None]) -> None:

@@ -70,17 +70,16 @@ class HardSharing(MultiTaskModel):
             h, e = z[:, : self.representation_size], z[:, self.representation_size :]
         return self.heads(h) + stacked_linear(e, self.linear, None), z
 
-    def output_rows(self, output_grads: Tensor, slots: Tensor) -> Tensor | None:
+    def output_map(self, slots: Tensor) -> Tensor | None:
         weight = self.heads.linear_weight()
         if weight is None:
             return None
-        # linear heads: ∂L_i/∂h = g_i W_iᵀ, one einsum for all tasks
-        rows = torch.einsum("nto,tdo->tnd", output_grads, weight.index_select(0, slots))
+        # linear heads: outputs_t = z W_t (+ bias), with z = [h, x] when the inputs feed them
+        weight = weight.index_select(0, slots)
         if self._input_in_z:
             assert self.linear is not None
-            wide = self.linear.index_select(0, slots)
-            rows = torch.cat([rows, torch.einsum("nto,tdo->tnd", output_grads, wide)], dim=2)
-        return rows
+            weight = torch.cat([weight, self.linear.index_select(0, slots)], dim=1)
+        return weight
 
     def parameter_groups(self) -> ParameterGroups:
         tasks = {}

@@ -67,7 +67,7 @@ class MultiTaskModel(nn.Module):
 
     Subclasses call ``super().__init__(out_dims)`` and implement ``outputs_and_features``
     (packed outputs and z) and ``parameter_groups``; ``representation`` says in words what z is.
-    Optional: ``output_rows`` (a closed form for ∂L_i/∂z from ∂L_i/∂outputs), ``mixing``
+    Optional: ``output_map`` (the heads' weights when the outputs are linear in z), ``mixing``
     (routing weights to save and plot) and ``add_penalty_gradient`` (an architecture's own
     regularizer, added to the gradient after the balancer).
     """
@@ -117,9 +117,10 @@ class MultiTaskModel(nn.Module):
         """The positions of tasks ``names`` in the packed outputs."""
         return [self._slot[n] for n in names]
 
-    def output_rows(self, output_grads: Tensor, slots: Tensor) -> Tensor | None:
-        """∂L_i/∂z ``(T_i, N, width)`` from ∂L_i/∂outputs ``(N, T_i, max_out)`` of the tasks at
-        ``slots`` when the architecture has a closed form (linear heads), else None."""
+    def output_map(self, slots: Tensor) -> Tensor | None:
+        """The weights ``(T_i, width, max_out)`` of the tasks at ``slots`` when their outputs
+        are linear in z (linear heads), else None: then ∂L_i/∂z = ∂L_i/∂outputs · W_iᵀ, and the
+        balancers never differentiate the heads per task."""
         return None
 
     def mixing(self, x_num: Tensor, x_cat: Tensor | None = None) -> dict[str, MixingTable]:
