@@ -9,6 +9,9 @@ machine's speed hits all alike (one thread):
 - **synthetic T=10**: ``benchmarks/balancer_cost.py``'s step (MLP 32 → 256 × 3, batch 256,
   10 regression tasks), median step time ÷ the ``fixed`` step's.
 
+The protocol's pieces (``yeast_training``, ``make_model``, ``fixed_batches``, ``Run``,
+``timed``) are shared with ``benchmarks/side_by_side.py``.
+
 ``--polytask DIR`` measures another checkout (e.g. a ``git worktree`` of the commit before the
 solvers moved into torch), so before and after run on the same machine:
 
@@ -27,7 +30,9 @@ import statistics
 import sys
 import time
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,70 +58,19 @@ def main() -> None:
     sys.path.insert(0, args.polytask)
     import torch
 
-    import polytask as pt
-    from polytask.balancing import make_balancer
-    from polytask.datasets import load_dataset
-    from polytask.models import HardSharing
-    from polytask.models.layers import MLP, TabularInput
-
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     commit = args.label or _commit(Path(args.polytask))
 
-    class Run:
-        """Model + balancer + Adam on fixed batches; ``epoch()`` times one pass over them."""
-
-        def __init__(self, label, options, x, y, hidden, batch) -> None:
-            torch.manual_seed(0)
-            name = label.split("@")[0]
-            self.names = [f"t{i}" for i in range(y.shape[1])]
-            self.model = HardSharing(
-                encoder=TabularInput(x.shape[1], [], None),
-                trunk=MLP(x.shape[1], hidden),
-                out_dims={n: 1 for n in self.names},
-            )
-            tasks = [pt.Task(name=n, kind="binary") for n in self.names]
-            self.balancer = make_balancer(name, tasks, options)
-            self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-3)
-            order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
-            self.batches = [(x[i], y[i]) for i in order.split(batch)]
-
-        def epoch(self, limit: int | None = None) -> float:
-            started = time.perf_counter()
-            for xb, yb in self.batches[:limit]:
-                self.opt.zero_grad(set_to_none=True)
-                out, h = self.model(xb, packed=True, features=True)
-                per_task = torch.nn.functional.binary_cross_entropy_with_logits(
-                    out[:, :, 0], yb, reduction="none"
-                ).mean(0)
-                losses = dict(zip(self.names, per_task.unbind(0), strict=True))
-                self.balancer.backward(losses, model=self.model, features=h, outputs=out)
-                self.opt.step()
-            return time.perf_counter() - started
-
-    def timed(runs: dict[str, Run], rounds: int, limit: int | None = None) -> dict[str, float]:
-        for run in runs.values():
-            run.epoch(limit)  # warm-up
-        times: dict[str, list[float]] = {k: [] for k in runs}
-        for _ in range(rounds):
-            for k, run in runs.items():
-                times[k].append(run.epoch(limit))
-        return {k: statistics.median(v) for k, v in times.items()}
-
-    ds = load_dataset("yeast")
-    frame = ds.frame.iloc[ds.splits["train"]]
-    labels = [t.name for t in ds.tasks]
-    x = torch.tensor(frame.drop(columns=labels).to_numpy(), dtype=torch.float32)
-    x = (x - x.mean(0)) / x.std(0).clamp(min=1e-6)
-    y = torch.tensor(frame[labels].to_numpy(), dtype=torch.float32)
+    x, y = yeast_training()
     runs = {k: Run(k, o, x, y, [256, 256], 128) for k, o in METHODS}
-    yeast = timed(runs, args.rounds)
+    yeast = medians(timed(runs, args.rounds))
 
     g = torch.Generator().manual_seed(0)
     xs, ys = torch.randn(256, 32, generator=g), torch.randn(256, 10, generator=g)
     synthetic_runs = {k: Run(k, o, xs, ys, [256] * 3, 256) for k, o in METHODS}
     # one batch per "epoch": a step; regression targets through BCE's logits are fine for cost
-    synthetic = timed(synthetic_runs, args.steps)
+    synthetic = medians(timed(synthetic_runs, args.steps))
 
     solves = _solve_times(torch)
 
@@ -143,6 +97,98 @@ def main() -> None:
     }
     out.write_text(json.dumps({"settings": settings, "results": results}, indent=2))
     print(f"wrote {out}")
+
+
+def yeast_training() -> tuple[Any, Any]:
+    """Yeast's training split as float tensors: standardized features x (1,450 × 103) and the
+    14 labels y (1,450 × 14)."""
+    import torch
+
+    from polytask.datasets import load_dataset
+
+    ds = load_dataset("yeast")
+    frame = ds.frame.iloc[ds.splits["train"]]
+    labels = [t.name for t in ds.tasks]
+    x = torch.tensor(frame.drop(columns=labels).to_numpy(), dtype=torch.float32)
+    x = (x - x.mean(0)) / x.std(0).clamp(min=1e-6)
+    y = torch.tensor(frame[labels].to_numpy(), dtype=torch.float32)
+    return x, y
+
+
+def make_model(n_features: int, n_tasks: int, hidden: list[int]) -> Any:
+    """The protocol's hard-sharing MLP (trunk ``hidden``, one linear head per task ``t{i}``),
+    from seed 0: every call gives the same initial weights."""
+    import torch
+
+    from polytask.models import HardSharing
+    from polytask.models.layers import MLP, TabularInput
+
+    torch.manual_seed(0)
+    return HardSharing(
+        encoder=TabularInput(n_features, [], None),
+        trunk=MLP(n_features, hidden),
+        out_dims={f"t{i}": 1 for i in range(n_tasks)},
+    )
+
+
+def fixed_batches(x: Any, y: Any, batch: int) -> list[tuple[Any, Any]]:
+    """The protocol's batches: one shuffle from seed 0, the same for every method."""
+    import torch
+
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+    return [(x[i], y[i]) for i in order.split(batch)]
+
+
+class Run:
+    """Model + balancer + Adam on fixed batches; ``epoch()`` times one pass over them."""
+
+    def __init__(self, label, options, x, y, hidden, batch) -> None:
+        import torch
+
+        import polytask as pt
+        from polytask.balancing import make_balancer
+
+        self.model = make_model(x.shape[1], y.shape[1], hidden)
+        self.names = list(self.model.task_names)
+        tasks = [pt.Task(name=n, kind="binary") for n in self.names]
+        self.balancer = make_balancer(label.split("@")[0], tasks, options)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-3)
+        self.batches = fixed_batches(x, y, batch)
+
+    def backward(self, xb, yb) -> dict[str, float]:
+        """One step's gradients (into ``.grad``), the balancer's weights returned."""
+        import torch
+
+        self.opt.zero_grad(set_to_none=True)
+        out, h = self.model(xb, packed=True, features=True)
+        per_task = torch.nn.functional.binary_cross_entropy_with_logits(
+            out[:, :, 0], yb, reduction="none"
+        ).mean(0)
+        losses = dict(zip(self.names, per_task.unbind(0), strict=True))
+        return self.balancer.backward(losses, model=self.model, features=h, outputs=out)
+
+    def epoch(self, limit: int | None = None) -> float:
+        started = time.perf_counter()
+        for xb, yb in self.batches[:limit]:
+            self.backward(xb, yb)
+            self.opt.step()
+        return time.perf_counter() - started
+
+
+def timed(runs: Mapping[str, Any], rounds: int, limit: int | None = None) -> dict[str, list[float]]:
+    """Each run's epoch times (s) over ``rounds`` rounds after one warm-up epoch, the runs taking
+    turns within every round so that drift in the machine's speed hits all alike."""
+    for run in runs.values():
+        run.epoch(limit)  # warm-up
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for _ in range(rounds):
+        for k, run in runs.items():
+            times[k].append(run.epoch(limit))
+    return times
+
+
+def medians(times: Mapping[str, list[float]]) -> dict[str, float]:
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def _solve_times(torch) -> dict[str, float]:
