@@ -35,6 +35,7 @@ bench: install
 	$(PY) benchmarks/quality.py --quick --out benchmarks/results/quick/quality.json
 	$(PY) benchmarks/stl_ensemble.py --quick --out benchmarks/results/quick/stl_ensemble.json
 	$(PY) benchmarks/many_tasks.py --quick --out benchmarks/results/quick/many_tasks.json
+	$(PY) benchmarks/side_by_side.py --quick --out benchmarks/results/quick/side_by_side.json
 
 # Each balancer / train setting / loss detail swapped for a stand-in: some test must fail (~1 min).
 mutants: install
