@@ -173,6 +173,37 @@ MUTANTS: list[Mutant] = [
     *(_equal_weights(n) for n in WEIGHTING_TESTS),
     *(_ignored_setting(s) for s in ("grad_clip", "scheduler", "amp", "weight_decay")),
     Mutant(
+        "orders=fixed",
+        "pcgrad and gradvac visit the other tasks in index order, not in a seeded random one",
+        "polytask/balancing/gramian.py",
+        """
+def _orders(n, generator):
+    keys = torch.arange(n, dtype=torch.float64).repeat(n, 1)
+    keys.fill_diagonal_(float(n))
+    return keys.argsort(1)[:, :-1]
+""",
+        BALANCERS_TESTS,
+        _defining("the_order_is_random_but_seeded"),
+    ),
+    Mutant(
+        "gradvac forgets",
+        "gradvac's targets φ̂ reset to 0 at every step",
+        "polytask/balancing/gramian.py",
+        """
+_mutant_gradvac_weights = GradVac.weights
+
+
+def _mutant_forgetful(self, gram):
+    self.targets = torch.zeros_like(self.targets)
+    return _mutant_gradvac_weights(self, gram)
+
+
+GradVac.weights = _mutant_forgetful
+""",
+        BALANCERS_TESTS,
+        _defining("gradvac_agrees_with_torchjd_on_two_tasks_over_steps"),
+    ),
+    Mutant(
         "masked_mean=mean",
         "the masked mean over labelled rows replaced by the plain mean over all rows",
         "polytask/losses.py",
