@@ -72,12 +72,16 @@ def _numeric(series: pd.Series, what: str) -> np.ndarray:
     """A column as float64, or a DataError naming the first non-numeric value."""
     if pd.api.types.is_bool_dtype(series):
         return series.astype(float).to_numpy()
-    converted = pd.to_numeric(series, errors="coerce")
-    bad = converted.isna() & series.notna()
-    if bad.any():
-        row = bad.idxmax()
-        raise DataError(f"{what} is not numeric: value {series[row]!r} in {where(series, [row])}")
-    values = converted.to_numpy(dtype=float)
+    if pd.api.types.is_numeric_dtype(series):  # nothing to convert (the common case: fast)
+        values = series.to_numpy(dtype=float, na_value=np.nan)
+    else:
+        converted = pd.to_numeric(series, errors="coerce")
+        bad = converted.isna() & series.notna()
+        if bad.any():
+            row = bad.idxmax()
+            value = series[row]
+            raise DataError(f"{what} is not numeric: value {value!r} in {where(series, [row])}")
+        values = converted.to_numpy(dtype=float)
     if np.isinf(values).any():
         raise DataError(
             f"{what} has infinite values in {where(series, series.index[np.isinf(values)])}"

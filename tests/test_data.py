@@ -283,3 +283,14 @@ def test_shuffled_batches_visit_every_row_once(frame: pd.DataFrame, batch_size: 
         # Every row carries its own x0; recover the row numbers from it.
         seen.extend(torch.nonzero(batch.x_num[:, :1] == data.x_num[:, 0], as_tuple=True)[1])
     assert sorted(int(i) for i in seen) == list(range(len(data)))
+
+
+def test_nullable_integer_features_read_their_missing_values_as_gaps() -> None:
+    frame = pd.DataFrame(
+        {"a": pd.array([1, None, 3, 4], dtype="Int64"), "y": [0.0, 1.0, 2.0, 3.0]}
+    )
+    tasks = [pt.Task(name="y", kind="regression")]
+    with pytest.raises(pt.DataError, match=r"feature 'a' has 1 missing values \(row 1\)"):
+        Preprocessor.fit(frame, tasks)
+    fitted = Preprocessor.fit(frame, tasks, impute=True)
+    assert fitted.medians == [3.0] and fitted.indicators == ["a"]

@@ -107,6 +107,9 @@ def test_metrics_agree_with_scikit_learn(seed: int) -> None:
         math.sqrt(skm.mean_squared_error(y, pred))
     )
     assert metric_value("r2", "regression", y, pred) == pytest.approx(skm.r2_score(y, pred))
+    constant = np.full(5, 2.0)  # scikit-learn's convention: 1 if exact, else 0
+    for guess in (constant, constant + 0.5):
+        assert metric_value("r2", "regression", constant, guess) == skm.r2_score(constant, guess)
     labels = rng.integers(0, 2, n)
     p = np.clip(labels * 0.3 + rng.uniform(0, 0.7, n), 0, 1)
     assert metric_value("auc", "binary", labels, p) == pytest.approx(skm.roc_auc_score(labels, p))
