@@ -136,12 +136,12 @@ def main() -> None:
     times = timed(runs, rounds)
     load_after = os.getloadavg()
     epoch = medians(times)
-    spread = {k: statistics.median(abs(t - epoch[k]) for t in v) for k, v in times.items()}
 
-    table = _table(rows, epoch, spread, failed, lib is not None)
+    table = _table(rows, times, failed, lib is not None)
     print(f"polytask {commit}, torch {torch.__version__}, {args.threads} thread(s); Yeast")
     print(f"epochs (12 batches of ≤ {BATCH}): median ± median absolute deviation over {rounds}")
-    print("rounds after a warm-up epoch; ratios are of the medians")
+    print("rounds after a warm-up epoch; a ratio is the median over rounds of the ratio of the")
+    print("two epochs within a round (range: its min–max over rounds)")
     print(f"load average before/after: {_load(load_before)} / {_load(load_after)}")
     _print_table(table)
     verdicts = _verdicts(table)
@@ -402,24 +402,25 @@ def _polytask_run(balancer: str, level: str, x: Any, y: Any) -> Any:
 
 def _table(
     rows: list[tuple[str, str, str, str | None]],
-    epoch: Mapping[str, float],
-    spread: Mapping[str, float],
+    times: Mapping[str, list[float]],
     failed: Mapping[str, str],
     have_libmtl: bool,
 ) -> list[dict[str, Any]]:
-    reference = epoch.get("upgrad@params")
+    """One row per method: epoch medians ± median absolute deviations over the rounds; a ratio
+    is the median over rounds of the two epochs' ratio within a round (the interleaving makes
+    these pairs), with its range over rounds."""
     table = []
     for label, balancer, level, libmtl in rows:
-        row: dict[str, Any] = {"method": label, "polytask_epoch_s": epoch[label]}
-        row["polytask_mad_s"] = spread[label]
-        row["vs_upgrad_params"] = epoch[label] / reference if reference else None
-        row["libmtl"], row["libmtl_epoch_s"], row["libmtl_vs_polytask"] = libmtl, None, None
-        row["libmtl_mad_s"] = None
+        row = {"method": label, **_times("polytask", times[label])}
+        row.update(_ratio("vs_upgrad_params", times[label], times.get("upgrad@params")))
+        row["libmtl"] = libmtl
+        row.update(_times("libmtl", None))
+        row.update(_ratio("libmtl_vs_polytask", None, None))
         if not have_libmtl:
             row["libmtl_note"] = "LibMTL not installed"
-        elif libmtl in epoch:
-            row["libmtl_epoch_s"], row["libmtl_mad_s"] = epoch[libmtl], spread[libmtl]
-            row["libmtl_vs_polytask"] = epoch[libmtl] / epoch[label]
+        elif libmtl in times:
+            row.update(_times("libmtl", times[libmtl]))
+            row.update(_ratio("libmtl_vs_polytask", times[libmtl], times[label]))
         elif libmtl in failed:
             row["libmtl_note"] = failed[libmtl]
         elif balancer not in LIBMTL:
@@ -428,26 +429,34 @@ def _table(
             other = "representation" if level == "params" else "parameter"
             row["libmtl_note"] = f"LibMTL 1.1.5 has it at the {other} level only"
         table.append(row)
-        if libmtl in failed and CAGRAD_T in epoch:
-            table.append(
-                {
-                    "method": CAGRAD_T,
-                    "polytask_epoch_s": epoch[label],
-                    "polytask_mad_s": spread[label],
-                    "vs_upgrad_params": row["vs_upgrad_params"],
-                    "libmtl": "CAGrad_T@params",
-                    "libmtl_epoch_s": epoch[CAGRAD_T],
-                    "libmtl_mad_s": spread[CAGRAD_T],
-                    "libmtl_vs_polytask": epoch[CAGRAD_T] / epoch[label],
-                }
-            )
+        if libmtl in failed and CAGRAD_T in times:
+            patched = {**row, "method": CAGRAD_T, "libmtl": "CAGrad_T@params"}
+            del patched["libmtl_note"]
+            patched.update(_times("libmtl", times[CAGRAD_T]))
+            patched.update(_ratio("libmtl_vs_polytask", times[CAGRAD_T], times[label]))
+            table.append(patched)
     return table
+
+
+def _times(prefix: str, times: list[float] | None) -> dict[str, float | None]:
+    if times is None:
+        return {f"{prefix}_epoch_s": None, f"{prefix}_mad_s": None}
+    median = statistics.median(times)
+    mad = statistics.median(abs(t - median) for t in times)
+    return {f"{prefix}_epoch_s": median, f"{prefix}_mad_s": mad}
+
+
+def _ratio(name: str, a: list[float] | None, b: list[float] | None) -> dict[str, Any]:
+    if a is None or b is None:
+        return {name: None, f"{name}_range": None}
+    ratios = [x / y for x, y in zip(a, b, strict=True)]
+    return {name: statistics.median(ratios), f"{name}_range": [min(ratios), max(ratios)]}
 
 
 def _print_table(table: list[dict[str, Any]]) -> None:
     print(
         f"{'method':<32}{'polytask epoch (s)':>20}{'÷ upgrad@params':>16}"
-        f"{'LibMTL epoch (s)':>20}{'LibMTL ÷ polytask':>19}"
+        f"{'LibMTL epoch (s)':>20}{'LibMTL ÷ polytask':>19}{'(range)':>14}"
     )
     for row in table:
         ratio = row["vs_upgrad_params"]
@@ -456,7 +465,8 @@ def _print_table(table: list[dict[str, Any]]) -> None:
         line += f"{ratio:>16.2f}" if ratio is not None else f"{'—':>16}"
         if row["libmtl_epoch_s"] is not None:
             theirs = f"{row['libmtl_epoch_s']:.3f} ± {row['libmtl_mad_s']:.3f}"
-            line += f"{theirs:>20}{row['libmtl_vs_polytask']:>19.2f}"
+            low, high = row["libmtl_vs_polytask_range"]
+            line += f"{theirs:>20}{row['libmtl_vs_polytask']:>19.2f}{f'{low:.2f}–{high:.2f}':>14}"
         else:
             line += f"  {row['libmtl_note']}"
         print(line)
