@@ -180,7 +180,8 @@ MUTANTS: list[Mutant] = [
 def _orders(n, generator):
     keys = torch.arange(n, dtype=torch.float64).repeat(n, 1)
     keys.fill_diagonal_(float(n))
-    return keys.argsort(1)[:, :-1]
+    order = keys.argsort(1)[:, :-1].T.contiguous()
+    return order, order + torch.arange(n) * n
 """,
         BALANCERS_TESTS,
         _defining("the_order_is_random_but_seeded"),

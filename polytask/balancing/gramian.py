@@ -231,15 +231,15 @@ class PCGrad(GramianSolver):
     def weights(self, gram: Tensor) -> Tensor:
         g = _symmetric(gram)
         n = len(g)
-        order = _orders(n, self.generator)
+        order, at = _orders(n, self.generator)
         w = torch.eye(n, dtype=torch.float64)
-        rows = torch.arange(n)
         sq = g.diagonal()
-        for s in range(n - 1):  # every i handles its own j = order[i, s] at once
-            j = order[:, s]
-            dot = torch.linalg.vecdot(w, g[j])  # g_i'·g_j = (WG)[i, j]
-            conflict = (dot < 0) & (sq[j] > 0)
-            w[rows, j] -= torch.where(conflict, dot / sq[j].clamp(min=_TINY), 0.0)
+        for s in range(n - 1):  # every i handles its own j = order[s, i] at once
+            j = order[s]
+            dot = torch.linalg.vecdot(w, g.index_select(0, j))  # g_i'·g_j = (WG)[i, j]
+            sq_j = sq.index_select(0, j)
+            step = torch.where((dot < 0) & (sq_j > 0), -dot / sq_j.clamp(min=_TINY), 0.0)
+            w.view(-1).index_add_(0, at[s], step)
         return w.sum(0).to(dtype=gram.dtype, device=gram.device)
 
     def state_dict(self) -> dict[str, Tensor]:
@@ -267,23 +267,23 @@ class GradVac(GramianSolver):
     def weights(self, gram: Tensor) -> Tensor:
         g = _symmetric(gram)
         n = len(g)
-        order = _orders(n, self.generator)
+        order, at = _orders(n, self.generator)
         w = torch.eye(n, dtype=torch.float64)
-        rows = torch.arange(n)
+        targets = self.targets.view(-1)
         norms = g.diagonal().clamp(min=0).sqrt()
         sq = g.diagonal().clone()  # ‖g_i'‖², updated with each correction
-        for s in range(n - 1):  # every i handles its own j = order[i, s] at once
-            j = order[:, s]
-            dot = torch.linalg.vecdot(w, g[j])
-            norm_i, norm_j = sq.clamp(min=0).sqrt(), norms[j]
+        for s in range(n - 1):  # every i handles its own j = order[s, i] at once
+            j = order[s]
+            dot = torch.linalg.vecdot(w, g.index_select(0, j))
+            norm_i, norm_j = sq.clamp(min=0).sqrt(), norms.index_select(0, j)
             cos = dot / (norm_i * norm_j + self.eps)
-            target = self.targets[rows, j]
+            target = targets.index_select(0, at[s])
             sin, sin_target = (1 - cos**2).clamp(min=0).sqrt(), (1 - target**2).clamp(min=0).sqrt()
             gain = norm_i * (target * sin - cos * sin_target) / (norm_j * sin_target + self.eps)
             gain = torch.where((cos < target) & (norm_j > 0), gain, 0.0)
-            w[rows, j] += gain
+            w.view(-1).index_add_(0, at[s], gain)
             sq += gain * (2 * dot + gain * norm_j**2)
-            self.targets[rows, j] = (1 - self.beta) * target + self.beta * cos
+            targets.index_copy_(0, at[s], (1 - self.beta) * target + self.beta * cos)
         return w.sum(0).to(dtype=gram.dtype, device=gram.device)
 
     def state_dict(self) -> dict[str, Tensor]:
@@ -303,8 +303,11 @@ def _symmetric(gram: Tensor) -> Tensor:
     return 0.5 * (g + g.T)
 
 
-def _orders(n: int, generator: torch.Generator) -> Tensor:
-    """Row i: the tasks other than i in a random order, drawn independently for each i."""
+def _orders(n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """The tasks other than i in a random order, drawn independently for each i: column i of
+    ``order`` ((T − 1) × T); ``at[s, i]`` = i·T + order[s, i], the flat index of (i, j) in a
+    T×T matrix."""
     keys = torch.rand(n, n, generator=generator, dtype=torch.float64)
     keys.fill_diagonal_(2.0)  # i sorts last, then is dropped
-    return keys.argsort(1)[:, :-1]
+    order = keys.argsort(1)[:, :-1].T.contiguous()
+    return order, order + torch.arange(n) * n
