@@ -212,7 +212,12 @@ def _print_comparison(result: dict[str, Any]) -> None:
 
 
 def _run_comparison(
-    cfg: Any, seeds: int, out: Path | None, quiet: bool, stl_vectorize: str = "exact"
+    cfg: Any,
+    seeds: int,
+    out: Path | None,
+    quiet: bool,
+    stl_vectorize: str = "exact",
+    workers: int | None = None,
 ) -> dict[str, Any]:
     from .compare import compare as compare_runs
     from .io import write_json
@@ -225,7 +230,11 @@ def _run_comparison(
                 status.update(message)
 
         result = compare_runs(
-            cfg, seeds=seeds, on_progress=note, stl_vectorize=stl_vectorize  # type: ignore[arg-type]
+            cfg,
+            seeds=seeds,
+            on_progress=note,
+            stl_vectorize=stl_vectorize,  # type: ignore[arg-type]
+            workers=workers,
         ).to_json()
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -258,6 +267,12 @@ def compare(
         help="How the STL networks train: exact (stacked where that reproduces separate runs), "
         "dropout (stacked with dropout too, each network its own masks) or off (one by one).",
     ),
+    workers: int = typer.Option(
+        None,
+        min=1,
+        help="Processes that train the seeds, one torch thread each (default: one per core, "
+        "at most one per seed; 1 on a GPU).",
+    ),
     quiet: bool = QUIET,
 ) -> None:
     """Train STL and MTL on the same splits for several seeds and compare them on the test split."""
@@ -266,7 +281,7 @@ def compare(
 
     if stl_ensemble not in VECTORIZE:
         raise typer.BadParameter(f"{stl_ensemble!r} is not one of {', '.join(VECTORIZE)}")
-    _run_comparison(load_config(config), seeds, out, quiet, stl_ensemble)
+    _run_comparison(load_config(config), seeds, out, quiet, stl_ensemble, workers)
 
 
 @app.command()

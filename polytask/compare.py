@@ -28,6 +28,7 @@ from .evaluate import (
     paired_test,
     relative_change,
 )
+from .parallel import Pool, default_workers
 from .tasks import Task
 from .train import Splits, fit, seed_list, shared_setup
 
@@ -258,6 +259,37 @@ def summary(result: dict[str, Any]) -> str:
     return text + "".join(f" Warning: {w}." for w in result["warnings"])
 
 
+@dataclass(frozen=True)
+class _SeedJob:
+    config: Config
+    splits: Splits
+    main: tuple[str, ...]
+    stl_vectorize: Vectorize
+
+
+def _compare_seed(
+    job: _SeedJob, on_progress: Callable[[str], None] | None = None
+) -> dict[str, Any]:
+    """Both sides of one seed (in a worker process when ``compare`` has several)."""
+    seed = job.config.train.seed
+    if on_progress:
+        on_progress(f"seed {seed}: MTL")
+    started = time.perf_counter()
+    mtl = fit(job.config, splits=job.splits)
+    middle = time.perf_counter()
+    stl = fit_stl(
+        job.config,
+        job.splits,
+        vectorize=job.stl_vectorize,
+        on_task=(lambda t: on_progress(f"seed {seed}: STL {t.name}")) if on_progress else None,
+    )
+    return {
+        "mtl": {name: mtl.metrics["test"][name] for name in job.main},
+        "stl": {name: run.metrics["test"][name] for name, run in stl.items()},
+        "seconds": {"mtl": middle - started, "stl": time.perf_counter() - middle},
+    }
+
+
 def compare(
     config: Config,
     *,
@@ -266,40 +298,44 @@ def compare(
     splits: Splits | None = None,
     on_progress: Callable[[str], None] | None = None,
     stl_vectorize: Vectorize = "exact",
+    workers: int | None = None,
 ) -> Comparison:
     """Train STL and MTL with the same splits, budget and early stopping for each seed and
     score both on the test split. Seed ``s`` sets ``train.seed`` (init and batch order); the
     split stays fixed. Signals are applied once; their tasks are auxiliary (no baseline) except
     the main ``horizons`` tasks, so with one main task STL is the no-signal model.
     ``stl_vectorize``: how ``fit_stl`` trains the STL networks (``"dropout"`` stacks them even
-    with dropout, each drawing its own masks: 5× faster on School's 160 networks)."""
+    with dropout, each drawing its own masks: 5× faster on School's 160 networks).
+    ``workers``: processes that train the seeds, one torch thread each (default: one per core,
+    at most one per seed; 1 on a GPU); the scores do not depend on it."""
     seeds_used = seed_list(config, seeds)
     config, splits, tasks = shared_setup(config, splits, frame)
     if len(splits.test) == 0:
         raise DataError("compare needs a test split: give data.test or data.test_fraction > 0")
+    if workers is None:
+        workers = default_workers(len(seeds_used), config.train.device)
     result = Comparison(tasks=tasks, seeds=seeds_used)
     result.scores = {m: {t.name: [] for t in tasks if t.is_main} for m in ("stl", "mtl")}
     result.seconds = {"stl": 0.0, "mtl": 0.0}
+    main = tuple(t.name for t in result.main_tasks)
+    jobs = []
     for seed in seeds_used:
         train = config.train.model_copy(update={"seed": seed, **NO_LOG})
         seeded = config.model_copy(update={"train": train})
-        if on_progress:
-            on_progress(f"seed {seed}: MTL")
-        started = time.perf_counter()
-        mtl = fit(seeded, splits=splits)
-        result.seconds["mtl"] += time.perf_counter() - started
-        for task in result.main_tasks:
-            result.scores["mtl"][task.name].append(mtl.metrics["test"][task.name])
-        started = time.perf_counter()
-        stl = fit_stl(
-            seeded,
-            splits,
-            vectorize=stl_vectorize,
-            on_task=(lambda t, s=seed: on_progress(f"seed {s}: STL {t.name}"))
-            if on_progress
-            else None,
-        )
-        result.seconds["stl"] += time.perf_counter() - started
-        for name, run in stl.items():
-            result.scores["stl"][name].append(run.metrics["test"][name])
+        jobs.append(_SeedJob(seeded, splits, main, stl_vectorize))
+    pool = Pool(min(workers, len(jobs)))
+    try:
+        if pool.workers > 1:
+            if on_progress:
+                on_progress(f"{len(jobs)} seeds, MTL and STL, in {pool.workers} processes")
+            done = pool.map(_compare_seed, jobs)
+        else:
+            done = [_compare_seed(job, on_progress) for job in jobs]
+    finally:
+        pool.close()
+    for outcome in done:
+        for side in ("mtl", "stl"):
+            result.seconds[side] += outcome["seconds"][side]
+            for name, scores in outcome[side].items():
+                result.scores[side][name].append(scores)
     return result

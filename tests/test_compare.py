@@ -21,7 +21,9 @@ def test_comparison_holds_per_seed_scores_means_and_delta_m(tmp_path: Path) -> N
     splits = make_splits(make_frame(n=200, seed=9)[FEATURES + ["price", "sold", "aux"]])
     config = make_config(tmp_path / "unused.csv", tasks, epochs=2, seed=3)
     notes: list[str] = []
-    result = pt.compare(config, seeds=2, splits=splits, on_progress=notes.append).to_json()
+    result = pt.compare(
+        config, seeds=2, splits=splits, on_progress=notes.append, workers=1
+    ).to_json()
 
     assert result["seeds"] == [3, 4]
     assert set(result["tasks"]) == {"price", "sold"}  # auxiliary tasks are not compared
@@ -211,6 +213,31 @@ def test_compare_trains_its_stl_networks_as_told(
 
     monkeypatch.setattr(compare_module, "fit_stl", fit_stl)
     splits = make_splits(frame)
-    pt.compare(config, seeds=2, splits=splits, stl_vectorize="dropout")
+    pt.compare(config, seeds=2, splits=splits, stl_vectorize="dropout", workers=1)
     pt.compare(config, seeds=1, splits=splits)
     assert asked == ["dropout", "dropout", "exact"]
+
+
+def test_seeds_in_worker_processes_score_as_in_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib
+
+    compare_module = importlib.import_module("polytask.compare")
+    frame = make_frame(160, seed=22)
+    tasks = [t for t in ALL_TASKS if t.name in ("price", "sold")]
+    config = make_config(tmp_path / "unused.csv", tasks, epochs=2)
+    splits = make_splits(frame)
+    pools: list[int] = []
+    real = compare_module.Pool
+
+    def pool(workers: int) -> object:
+        made = real(workers)
+        pools.append(made.workers)
+        return made
+
+    monkeypatch.setattr(compare_module, "Pool", pool)
+    one = pt.compare(config, seeds=[3, 4], splits=splits, workers=1).to_json()
+    two = pt.compare(config, seeds=[3, 4], splits=splits, workers=2).to_json()
+    assert pools == [1, 2]
+    assert one["tasks"] == two["tasks"] and one["delta_m_percent"] == two["delta_m_percent"]
