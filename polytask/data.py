@@ -423,17 +423,19 @@ def _warn_suspect_inputs(
     if not numeric:
         return
     inputs = frame[list(numeric)].apply(pd.to_numeric, errors="coerce")
+    inputs = inputs.to_numpy(dtype=float, na_value=np.nan)
     for task in tasks:
         if task.kind == "multilabel" or not task.is_main:  # signals may copy inputs on purpose
             continue
         target = pd.to_numeric(frame[task.columns[0]], errors="coerce")
-        if target.notna().sum() < 10 or target.nunique() < 2:
+        target = target.to_numpy(dtype=float, na_value=np.nan)
+        labelled = ~np.isnan(target)
+        if labelled.sum() < 10 or np.unique(target[labelled]).size < 2:
             continue
-        with np.errstate(all="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            r = inputs.corrwith(target).abs()
-        close = r[r >= LEAK_CORRELATION]
-        for column, value in close.items():
+        r = _abs_correlations(inputs[labelled], target[labelled])
+        for column, value in zip(numeric, r, strict=True):
+            if not value >= LEAK_CORRELATION:  # NaN (no spread, too few pairs) included
+                continue
             warnings.warn(
                 f"input {column!r} is almost identical to the target of task {task.name!r} "
                 f"(|r| = {value:.3f}); if it is a copy of that label or derived from it, add it "
@@ -441,6 +443,21 @@ def _warn_suspect_inputs(
                 PolytaskWarning,
                 stacklevel=3,
             )
+
+
+def _abs_correlations(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """|Pearson r| of each column of ``x`` with ``y`` over the rows where both are present
+    (as ``DataFrame.corrwith``, pairwise complete); NaN where undefined."""
+    present = ~np.isnan(x)
+    count = present.sum(0)
+    xs = np.where(present, x, 0.0)
+    ys = np.where(present, y[:, None], 0.0)
+    with np.errstate(all="ignore"):
+        dx = np.where(present, xs - xs.sum(0) / count, 0.0)
+        dy = np.where(present, ys - ys.sum(0) / count, 0.0)
+        r = (dx * dy).sum(0) / np.sqrt((dx**2).sum(0) * (dy**2).sum(0))
+    r[count < 2] = np.nan
+    return np.abs(r)
 
 
 def _encode_binary_column(series: pd.Series, what: str) -> np.ndarray:

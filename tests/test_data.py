@@ -294,3 +294,16 @@ def test_nullable_integer_features_read_their_missing_values_as_gaps() -> None:
         Preprocessor.fit(frame, tasks)
     fitted = Preprocessor.fit(frame, tasks, impute=True)
     assert fitted.medians == [3.0] and fitted.indicators == ["a"]
+
+
+def test_leak_check_correlations_are_pandas_pairwise_complete_ones() -> None:
+    from polytask.data import _abs_correlations
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 4))
+    x[rng.random(size=x.shape) < 0.2] = np.nan
+    x[:, 3] = 1.0  # no spread: undefined
+    y = x[:, 0] * -2 + rng.normal(size=40) * 0.1
+    y[np.isnan(y)] = 0.5
+    expected = pd.DataFrame(x).corrwith(pd.Series(y)).abs().to_numpy()
+    np.testing.assert_allclose(_abs_correlations(x, y), expected, rtol=1e-10)
