@@ -178,7 +178,9 @@ def _delta_m_verdict(per_seed: Sequence[float], ci: Sequence[float]) -> str:
     return NO_DIFFERENCE
 
 
-def _warnings(tasks: dict[str, Any], seeds: int) -> list[str]:
+def _warnings(tasks: dict[str, Any], seeds: int, *, compact: bool = False) -> list[str]:
+    """What limits the verdicts, task by task (``compact``: one line for each kind of problem
+    when more than ``_LISTED`` tasks have it, as the summary prints them)."""
     notes = []
     if seeds == 1:
         notes.append("only 1 seed: no difference can be tested; use 3 or more seeds")
@@ -187,20 +189,43 @@ def _warnings(tasks: dict[str, Any], seeds: int) -> list[str]:
             "only 2 seeds: the t-test has 1 degree of freedom and rarely detects a difference; "
             "use 3 or more seeds"
         )
+    few = {n: t["n_test"] for n, t in tasks.items() if t["n_test"] is not None}
+    few = {n: rows for n, rows in few.items() if rows < FEW_TEST_ROWS}
+    missing = {
+        n: sum(math.isnan(c) for c in t["relative_change_per_seed"]) for n, t in tasks.items()
+    }
+    missing = {n: count for n, count in missing.items() if count}
+    if compact and len(few) > _LISTED:
+        fewest = min(few.values())
+        notes.append(
+            f"{len(few)} of {len(tasks)} tasks have fewer than {FEW_TEST_ROWS} labelled test rows "
+            f"(as few as {fewest}){_named(list(few))}: their scores and verdicts rest on very "
+            "few examples"
+        )
+        few = {}
+    if compact and len(missing) > _LISTED:
+        notes.append(
+            f"{len(missing)} of {len(tasks)} tasks could not be compared in some seeds"
+            f"{_named(list(missing))} (their metric is undefined on the test rows, e.g. AUC "
+            "with one class)"
+        )
+        missing = {}
     for name, t in tasks.items():
-        if t["n_test"] is not None and t["n_test"] < FEW_TEST_ROWS:
+        if name in few:
             notes.append(
                 f"task {name!r} has only {t['n_test']} labelled test rows (fewer than "
                 f"{FEW_TEST_ROWS}): its scores and verdict rest on very few examples"
             )
-        missing = sum(math.isnan(c) for c in t["relative_change_per_seed"])
-        if missing:
+        if name in missing:
             notes.append(
-                f"task {name!r}: {t['metric']} could not be compared in {missing} of {seeds} "
-                "seed(s) (undefined on the test rows, e.g. AUC with one class)"
+                f"task {name!r}: {t['metric']} could not be compared in {missing[name]} of "
+                f"{seeds} seed(s) (undefined on the test rows, e.g. AUC with one class)"
             )
     return notes
 
+
+#: Above this many tasks with the same problem, the summary names a few in one warning.
+_LISTED = 3
 
 _COUNTED = (BETTER, WORSE, NO_DIFFERENCE, TIE, NOT_SCORED)
 
@@ -256,7 +281,8 @@ def summary(result: dict[str, Any]) -> str:
         )
     text = "; ".join(parts) + "."
     text = text[0].upper() + text[1:]
-    return text + "".join(f" Warning: {w}." for w in result["warnings"])
+    compact = _warnings(result["tasks"], len(result["seeds"]), compact=True)
+    return text + "".join(f" Warning: {w}." for w in compact)
 
 
 @dataclass(frozen=True)

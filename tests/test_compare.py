@@ -12,7 +12,7 @@ from scipy import stats
 from synthetic import ALL_TASKS, FEATURES, make_config, make_frame, make_splits
 
 import polytask as pt
-from polytask.compare import FEW_TEST_ROWS, Comparison
+from polytask.compare import FEW_TEST_ROWS, Comparison, _warnings
 from polytask.evaluate import delta_m, relative_change
 
 
@@ -192,6 +192,19 @@ def test_few_labelled_test_rows_draw_a_warning(rows: int) -> None:
         assert all(f"Warning: {w}." in result["summary"] for w in few)
     else:
         assert few == [] and "Warning" not in result["summary"]
+
+
+def test_many_tasks_with_few_test_rows_get_one_line_in_the_summary() -> None:
+    names = [f"t{i}" for i in range(8)]
+    tasks = {
+        name: {"n_test": 5 + i, "relative_change_per_seed": [1.0, -1.0], "metric": "rmse"}
+        for i, name in enumerate(names)
+    }
+    full = _warnings(tasks, 3)
+    assert all(f"task '{n}' has only" in w for n, w in zip(names, full, strict=True))
+    (line,) = _warnings(tasks, 3, compact=True)
+    assert line.startswith("8 of 8 tasks have fewer than 30 labelled test rows (as few as 5)")
+    assert "t0, t1, t2, t3, t4, …" in line
 
 
 def test_compare_trains_its_stl_networks_as_told(
