@@ -3,7 +3,8 @@
 ``fit_stl`` trains the T single-task (STL) networks as stacked ensembles (``torch.func``: the
 members' parameters stacked along a leading dimension, the model's own ``forward`` mapped over
 it with ``vmap``) wherever that gives the networks T separate ``fit`` runs give, and one
-``fit`` after another elsewhere.
+``fit`` after another elsewhere. ``fit_stl_seeds`` does the same for several seeds at once:
+the S·T networks (one per seed and task) stack into the same ensembles.
 """
 
 from __future__ import annotations
@@ -160,46 +161,88 @@ def fit_stl(
     ``"off"`` always fits separately. ``on_task(task)`` is called as each network starts
     (for an ensemble, for all its members at its start).
     """
+    seed = config.train.seed
+    runs = fit_stl_seeds(
+        config,
+        splits,
+        [seed],
+        on_task=(lambda _, task: on_task(task)) if on_task is not None else None,
+        vectorize=vectorize,
+    )
+    return runs[seed]
+
+
+def fit_stl_seeds(
+    config: Config,
+    splits: Splits,
+    seeds: Sequence[int],
+    *,
+    on_task: Callable[[int, Task], None] | None = None,
+    vectorize: Vectorize = "exact",
+) -> dict[int, dict[str, Run]]:
+    """``fit_stl`` of ``config`` with ``train.seed`` set to each of ``seeds``, in one go:
+    ``{seed: {task: run}}``, each run what ``fit_stl`` of that seed returns (in ``"exact"``
+    mode to float rounding; its config carries its seed).
+
+    The members are the (seed, task) pairs: each task's rows are selected, preprocessed and
+    encoded once (none of that depends on the seed), each member starts from the weights and
+    draws the batch order of a separate run with its seed, and the networks of every seed
+    with equal parameter shapes train as one stacked ensemble (so a shape no other task has
+    still stacks across seeds). Falls back to separate runs as ``fit_stl`` does.
+    ``on_task(seed, task)`` is called as each network starts.
+    """
     if vectorize not in VECTORIZE:
         raise ConfigError(f"vectorize: {vectorize!r} is not one of {one_of(VECTORIZE)}")
+    seeds = list(seeds)
+    if len(set(seeds)) < len(seeds):
+        raise ConfigError(f"seeds: {seeds} repeats a seed; each seed is fitted once")
     features = feature_columns(config, splits)
     tasks = [t for t in resolve_tasks(config) if t.is_main]
     own = _own_rows(splits, tasks, features, signals=config.signals is not None)
     for task in tasks:
         if not len(own[task.name].train):
             raise DataError(f"task {task.name!r} has no labelled training row")
-    configs = {t.name: stl_config(config, t, features) for t in tasks}
-    if len(tasks) < 2 or sequential_reason(config, vectorize) is not None:
-        runs = {}
-        for task in tasks:
-            if on_task is not None:
-                on_task(task)
-            runs[task.name] = fit(configs[task.name], splits=own[task.name])
+    configs = {
+        seed: {t.name: stl_config(_seeded(config, seed), t, features) for t in tasks}
+        for seed in seeds
+    }
+    runs: dict[int, dict[str, Run]] = {seed: {} for seed in seeds}
+    if len(tasks) * len(seeds) < 2 or sequential_reason(config, vectorize) is not None:
+        for seed in seeds:
+            for task in tasks:
+                if on_task is not None:
+                    on_task(seed, task)
+                runs[seed][task.name] = fit(configs[seed][task.name], splits=own[task.name])
         return runs
 
     groups: dict[tuple, list[_Member]] = {}
-    for task in tasks:
-        member = _member(configs[task.name], own[task.name])
+    for member in _members(tasks, configs, own):
         shapes = tuple((k, tuple(v.shape)) for k, v in member.model.state_dict().items())
         groups.setdefault(shapes, []).append(member)
-    runs = {}
     for members in groups.values():
         if on_task is not None:
             for member in members:
-                on_task(member.task)
+                on_task(member.seed, member.task)
         if len(members) == 1:  # nothing to stack: the plain run
             member = members[0]
-            runs[member.task.name] = fit(member.config, splits=own[member.task.name])
+            runs[member.seed][member.task.name] = fit(member.config, splits=own[member.task.name])
         else:
-            runs.update(_Ensemble(members, config.train, dropout=vectorize == "dropout").fit())
-    return {t.name: runs[t.name] for t in tasks}
+            trained = _Ensemble(members, config.train, dropout=vectorize == "dropout").fit()
+            for member in members:
+                runs[member.seed][member.task.name] = trained[member.key]
+    return {seed: {t.name: runs[seed][t.name] for t in tasks} for seed in seeds}
+
+
+def _seeded(config: Config, seed: int) -> Config:
+    return config.model_copy(update={"train": config.train.model_copy(update={"seed": seed})})
 
 
 # ---- the stacked ensemble -------------------------------------------------------------------
 @dataclass
 class _Member:
-    """One STL network to train: its task and config, preprocessing, encoded splits and the
-    model as ``fit`` builds it (same seed, so the same initial weights)."""
+    """One STL network to train: its task and config (with its seed), preprocessing, encoded
+    splits and the model as ``fit`` builds it (same seed, so the same initial weights).
+    ``key`` names it inside an ensemble, where a task may appear once per seed."""
 
     task: Task
     config: Config
@@ -207,11 +250,35 @@ class _Member:
     data: dict[str, TaskData]
     model: MultiTaskModel
 
+    @property
+    def seed(self) -> int:
+        return self.config.train.seed
 
-def _member(config: Config, splits: Splits) -> _Member:
-    (task,) = resolve_tasks(config)
-    preprocessor, encoded = prepare(config, splits, [task])
-    return _Member(task, config, preprocessor, encoded, seeded_model(config, preprocessor))
+    @property
+    def key(self) -> str:
+        return f"{self.task.name}@{self.seed}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.task.name} (seed {self.seed})"
+
+
+def _members(
+    tasks: Sequence[Task], configs: dict[int, dict[str, Config]], own: dict[str, Splits]
+) -> list[_Member]:
+    """The (seed, task) members, seed by seed: each task prepared once (the preprocessing
+    does not depend on the seed, so every seed's member shares it), each model seeded as
+    ``fit`` seeds it."""
+    first = next(iter(configs.values()))
+    prepared = {t.name: prepare(first[t.name], own[t.name], [t]) for t in tasks}
+    members = []
+    for by_task in configs.values():
+        for task in tasks:
+            preprocessor, encoded = prepared[task.name]
+            config = by_task[task.name]
+            model = seeded_model(config, preprocessor)
+            members.append(_Member(task, config, preprocessor, encoded, model))
+    return members
 
 
 class _Rows:
@@ -220,10 +287,18 @@ class _Rows:
     ``take(index, valid)`` gathers the rows ``index[m]`` of each of the first ``k`` members
     (``(k, B)``; ``valid`` False marks padding) in a few indexing operations and returns the
     inputs ``(k, B, …)`` and the targets and masks as ``Columns`` with one column per member,
-    the layout ``TaskLosses`` reads a batch of T tasks in (padding is masked out).
+    the layout ``TaskLosses`` reads a batch of T tasks in (padding is masked out). The columns
+    are named by the members' ``names`` (unique); ``tasks`` are the task names their targets
+    have in ``data``.
     """
 
-    def __init__(self, names: Sequence[str], data: Sequence[TaskData], device: torch.device):
+    def __init__(
+        self,
+        names: Sequence[str],
+        tasks: Sequence[str],
+        data: Sequence[TaskData],
+        device: torch.device,
+    ):
         self.names = list(names)
         self.lengths = torch.tensor([len(d) for d in data])
         n = int(self.lengths.max())
@@ -237,8 +312,8 @@ class _Rows:
 
         self.x_num = pad([d.x_num for d in data])
         self.x_cat = pad([d.x_cat for d in data])
-        targets = [d.targets[name] for name, d in zip(names, data, strict=True)]
-        masks = [d.masks[name] for name, d in zip(names, data, strict=True)]
+        targets = [d.targets[task] for task, d in zip(tasks, data, strict=True)]
+        masks = [d.masks[task] for task, d in zip(tasks, data, strict=True)]
         # 1-D targets in one block per dtype, 1-D masks in one block; 2-D (multilabel) apart
         by_dtype: dict[torch.dtype, list[int]] = {}
         for m, t in enumerate(targets):
@@ -400,11 +475,11 @@ class _Epoch:
 
 class _Ensemble:
     """STL networks of one parameter shape trained side by side, as ``Trainer.fit`` trains
-    each: per epoch its own ``randperm`` of its rows (a generator seeded with ``train.seed``),
+    each: per epoch its own ``randperm`` of its rows (a generator seeded with its seed),
     its batches in that order (a member with fewer batches sits out the last steps), the
     masked mean loss of its task, its own optimizer, learning-rate schedule, validation loss,
     best weights and early stopping. A member that stops leaves the stack with its best
-    weights; the others go on."""
+    weights; the others go on. ``train`` holds what the members share (all but the seed)."""
 
     def __init__(self, members: list[_Member], train: TrainConfig, *, dropout: bool) -> None:
         self.created = time.perf_counter()  # stacking counts as training time
@@ -431,7 +506,7 @@ class _Ensemble:
         self.forward = vmap(forward, randomness="different" if dropout else "error")
         self.alphas = torch.tensor([m.task.weight for m in members], device=self.device)
         self.logged_weight = {  # what the balancer reports for a lone task (history only)
-            m.task.name: m.task.weight if train.balancer == "fixed" else 1.0 for m in members
+            m.key: m.task.weight if train.balancer == "fixed" else 1.0 for m in members
         }
         self.schedules = [_schedule(train) for _ in members]
         lrs = torch.tensor(
@@ -439,18 +514,20 @@ class _Ensemble:
         )
         self.optimizer = _StackedOptimizer(self.params, train, lrs)
         self.live = list(range(len(members)))  # members still training, in stack order
-        self.generators: dict[int, torch.Generator] = {}  # the shuffles, by number of rows
+        # the shuffles, by number of rows and seed
+        self.generators: dict[tuple[int, int], torch.Generator] = {}
         self._build_stacks()
 
     # ---- the live stack ---------------------------------------------------------------------
     def _build_stacks(self) -> None:
         members = [self.members[i] for i in self.live]
-        names = [m.task.name for m in members]
-        self.train_rows = _Rows(names, [m.data["train"] for m in members], self.device)
+        keys, tasks = [m.key for m in members], [m.task.name for m in members]
+        self.train_rows = _Rows(keys, tasks, [m.data["train"] for m in members], self.device)
         self.validated = [k for k, m in enumerate(members) if "validation" in m.data]
         self.val_rows = (
             _Rows(
-                [names[k] for k in self.validated],
+                [keys[k] for k in self.validated],
+                [tasks[k] for k in self.validated],
                 [members[k].data["validation"] for k in self.validated],
                 self.device,
             )
@@ -462,8 +539,10 @@ class _Ensemble:
         self.steps_per_epoch = (self.train_rows.lengths + self.config.batch_size - 1) // (
             self.config.batch_size
         )
-        lengths = self.train_rows.lengths
-        self.by_length = {int(n): torch.nonzero(lengths == n).view(-1) for n in lengths.unique()}
+        draws: dict[tuple[int, int], list[int]] = {}
+        for k, (n, m) in enumerate(zip(self.train_rows.lengths.tolist(), members, strict=True)):
+            draws.setdefault((n, m.seed), []).append(k)
+        self.by_draw = {draw: torch.tensor(ks) for draw, ks in draws.items()}
         steps = self.steps_per_epoch
         self.batch_members = [int((steps > s).sum()) for s in range(int(steps.max()))]
         self._prefix_losses: dict[int, TaskLosses] = {}
@@ -482,15 +561,16 @@ class _Ensemble:
         """Each live member's batch order for this epoch, ``(M, most rows)``, -1 padded (so a
         batch is no wider than the most rows a member has left).
 
-        A separate run draws ``randperm(n)`` from its own generator seeded with ``train.seed``,
-        once per epoch; live members with the same ``n`` have drawn alike so far and share one.
+        A separate run draws ``randperm(n)`` from its own generator seeded with its
+        ``train.seed``, once per epoch; live members with the same ``n`` and seed have drawn
+        alike so far and share one.
         """
         lengths = self.train_rows.lengths
         orders = torch.full((len(lengths), self.train_rows.n), -1, dtype=torch.long)
-        for n, members in self.by_length.items():
-            generator = self.generators.get(n)
+        for (n, seed), members in self.by_draw.items():
+            generator = self.generators.get((n, seed))
             if generator is None:
-                generator = self.generators[n] = torch.Generator().manual_seed(self.config.seed)
+                generator = self.generators[n, seed] = torch.Generator().manual_seed(seed)
             orders[members, :n] = torch.randperm(n, generator=generator)
         return orders.to(self.device)
 
@@ -559,6 +639,7 @@ class _Ensemble:
         return totals / counts
 
     def fit(self) -> dict[str, Run]:
+        """Each member's ``Run``, by member ``key``."""
         cfg = self.config
         count = len(self.members)
         alphas = np.array([m.task.weight for m in self.members], dtype=np.float64)
@@ -573,7 +654,7 @@ class _Ensemble:
             live = np.array(self.live)
             train_loss = self._train_epoch().numpy()
             if not np.isfinite(train_loss).all():
-                bad = [self.members[i].task.name for i in live[~np.isfinite(train_loss)]]
+                bad = [self.members[i].label for i in live[~np.isfinite(train_loss)]]
                 raise RunError(
                     f"training diverged: the loss of {', '.join(bad)} is not finite; "
                     "lower train.lr or set train.grad_clip"
@@ -608,7 +689,7 @@ class _Ensemble:
         records = self._records(log)
         seconds = (time.perf_counter() - self.created) / count
         return {
-            m.task.name: self._run(i, records[i], int(best_epoch[i]), bool(stopped[i]), seconds)
+            m.key: self._run(i, records[i], int(best_epoch[i]), bool(stopped[i]), seconds)
             for i, m in enumerate(self.members)
         }
 
@@ -635,10 +716,11 @@ class _Ensemble:
         for entry in log:
             seconds = entry.seconds / len(entry.live)
             for k, i in enumerate(entry.live.tolist()):
-                name = self.members[i].task.name
+                member = self.members[i]
+                name = member.task.name
                 record = {
                     f"train_loss/{name}": float(entry.train_loss[k]),
-                    f"weight/{name}": self.logged_weight[name],
+                    f"weight/{name}": self.logged_weight[member.key],
                     "epoch": entry.epoch,
                     "lr": float(entry.lrs[k]),
                 }
@@ -679,11 +761,12 @@ class _Ensemble:
 
 
 def _task_losses(members: Sequence[_Member]) -> TaskLosses:
-    """The members' losses as one batch of tasks: one column of the packed outputs each."""
+    """The members' losses as one batch of tasks, named by member key: one column of the
+    packed outputs each."""
     return TaskLosses(
-        [m.task for m in members],
-        [m.task.name for m in members],
-        {m.task.name: m.preprocessor.output_dims()[m.task.name] for m in members},
+        [m.task.model_copy(update={"name": m.key}) for m in members],
+        [m.key for m in members],
+        {m.key: m.preprocessor.output_dims()[m.task.name] for m in members},
     )
 
 

@@ -13,7 +13,13 @@ import torch
 from synthetic import FEATURES, make_config, make_frame, make_splits
 
 import polytask as pt
-from polytask.baselines import ONE_TASK_PLAIN_GRADIENT, fit_stl, labelled_rows, sequential_reason
+from polytask.baselines import (
+    ONE_TASK_PLAIN_GRADIENT,
+    fit_stl,
+    fit_stl_seeds,
+    labelled_rows,
+    sequential_reason,
+)
 
 PRICE = pt.Task(name="price", kind="regression")
 SOLD = pt.Task(name="sold", kind="binary", weight=0.5)
@@ -165,6 +171,110 @@ def test_every_balancer_the_ensemble_accepts_steps_a_lone_task_by_its_gradient()
             b = stacked[task.name].model.state_dict()
             for key in a:
                 torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-5, msg=name)
+
+
+# ---- several seeds in one ensemble ---------------------------------------------------------
+def _seeded(config: pt.Config, seed: int) -> pt.Config:
+    return config.model_copy(update={"train": config.train.model_copy(update={"seed": seed})})
+
+
+def test_several_seeds_in_one_ensemble_train_each_seeds_networks() -> None:
+    """Each seed's networks, histories, stopping epochs and scores are those of ``fit_stl`` for
+    that seed alone and of its separate runs, though members of every seed stop at their own
+    epochs in one stack."""
+    frame = _frame(260, seed=3, missing={"price": 0.1, "sold": 0.55, "visits": 0.3})
+    splits = make_splits(frame[FEATURES + ["price", "sold", "visits"]], validation=50, test=50)
+    config = make_config("unused.csv", [PRICE, SOLD, VISITS], batch_size=32, **SETTINGS["adam"])
+    seeds = [5, 9, 2]
+
+    together = fit_stl_seeds(config, splits, seeds)
+
+    assert list(together) == seeds
+    stopped_at = set()
+    for seed in seeds:
+        _assert_same_runs(fit_stl(_seeded(config, seed), splits), together[seed])
+        _assert_same_runs(fit_stl(_seeded(config, seed), splits, vectorize="off"), together[seed])
+        for run in together[seed].values():
+            assert run.config.train.seed == seed
+            assert run.metrics["stl_ensemble_size"] == 3 * len(seeds)
+            stopped_at.add(len(run.history))
+    assert len(stopped_at) > 1  # members left the stack at different epochs
+
+
+def test_each_seed_draws_its_own_initial_weights_and_batch_orders() -> None:
+    """Inside the stack, the member of seed s starts from the weights ``fit`` seeds with s and
+    shuffles with a generator seeded with s, so two seeds of one task differ."""
+    from polytask.baselines import _Ensemble, _members, _own_rows, feature_columns, stl_config
+    from polytask.train import prepare, seeded_model
+
+    splits = make_splits(_frame(150, seed=8, missing={"sold": 0.3})[FEATURES + ["price", "sold"]])
+    config = make_config("unused.csv", [PRICE, SOLD], epochs=2)
+    features = feature_columns(config, splits)
+    own = _own_rows(splits, [PRICE, SOLD], features, signals=False)
+    configs = {
+        s: {t.name: stl_config(_seeded(config, s), t, features) for t in (PRICE, SOLD)}
+        for s in (0, 1)
+    }
+    ensemble = _Ensemble(_members([PRICE, SOLD], configs, own), config.train, dropout=False)
+    orders = ensemble._orders().tolist()
+    initial = dict(zip(ensemble.keys, ensemble.params, strict=True))
+    for k, member in enumerate(ensemble.members):
+        task_config = configs[member.seed][member.task.name]
+        alone = seeded_model(
+            task_config, prepare(task_config, own[member.task.name], [member.task])[0]
+        )
+        for key, value in alone.state_dict().items():
+            torch.testing.assert_close(initial[key][k].detach(), value, rtol=0, atol=0)
+        n = len(member.data["train"])
+        expected = torch.randperm(n, generator=torch.Generator().manual_seed(member.seed))
+        assert orders[k][:n] == expected.tolist()
+    for task in ("price", "sold"):
+        first, second = (
+            next(k for k, m in enumerate(ensemble.members) if m.key == f"{task}@{s}")
+            for s in (0, 1)
+        )
+        assert orders[first] != orders[second]
+        assert not torch.equal(ensemble.params[0][first], ensemble.params[0][second])
+    runs = fit_stl_seeds(config, splits, [0, 1])
+    for task in ("price", "sold"):
+        a, b = (runs[s][task].model.state_dict() for s in (0, 1))
+        assert not all(torch.equal(a[key], b[key]) for key in a)
+
+
+def test_tasks_of_several_shapes_stack_across_seeds() -> None:
+    """Shapes group as for one seed; a shape only one task has stacks with its other seeds'
+    copies. Every network is the separate run of its seed and task."""
+    frame = _frame(200, seed=7, missing={"species": 0.2, "tag_a": 0.3, "tag_b": 0.3})
+    columns = FEATURES + ["species", "tag_a", "tag_b", "price", "sold", "visits"]
+    splits = make_splits(frame[columns])
+    tasks = [
+        pt.Task(name="species", kind="multiclass"),
+        pt.Task(name="tags", kind="multilabel", target=["tag_a", "tag_b"]),
+        PRICE.model_copy(update={"head": [8]}),
+        SOLD,
+        VISITS,
+    ]
+    config = make_config("unused.csv", tasks, epochs=3, batch_size=32, model={"head": [4]})
+    started: list[tuple[int, str]] = []
+    together = fit_stl_seeds(
+        config, splits, [1, 4], on_task=lambda s, t: started.append((s, t.name))
+    )
+    assert sorted(started) == sorted((s, t.name) for s in (1, 4) for t in tasks)
+    for seed in (1, 4):
+        separate = fit_stl(_seeded(config, seed), splits, vectorize="off")
+        _assert_same_runs(separate, together[seed])
+        sizes = {name: run.metrics["stl_ensemble_size"] for name, run in together[seed].items()}
+        assert sizes == {"species": 2, "tags": 2, "price": 2, "sold": 4, "visits": 4}
+
+
+def test_several_seeds_fall_back_to_separate_runs_as_one_seed_does() -> None:
+    splits = make_splits(make_frame(n=120, seed=1)[FEATURES + ["price", "sold"]])
+    config = make_config("unused.csv", [PRICE, SOLD], epochs=1, model={"dropout": 0.2})
+    runs = fit_stl_seeds(config, splits, [0, 1])
+    assert all(not _stacked(by_task) for by_task in runs.values())
+    assert [runs[s]["price"].config.train.seed for s in (0, 1)] == [0, 1]
+    with pytest.raises(pt.ConfigError, match="seeds: \\[0, 0\\] repeats a seed"):
+        fit_stl_seeds(config, splits, [0, 0])
 
 
 # ---- what falls back to separate runs -------------------------------------------------------
