@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from .baselines import Vectorize, fit_stl
+from .baselines import Vectorize, fit_stl_seeds, sequential_reason
 from .config import NO_LOG, Config
 from .errors import DataError
 from .evaluate import (
@@ -286,34 +286,75 @@ def summary(result: dict[str, Any]) -> str:
 
 
 @dataclass(frozen=True)
-class _SeedJob:
+class _MtlJob:
+    """The MTL model of one seed (``config.train.seed``)."""
+
     config: Config
     splits: Splits
     main: tuple[str, ...]
-    stl_vectorize: Vectorize
 
 
-def _compare_seed(
-    job: _SeedJob, on_progress: Callable[[str], None] | None = None
-) -> dict[str, Any]:
-    """Both sides of one seed (in a worker process when ``compare`` has several)."""
-    seed = job.config.train.seed
-    if on_progress:
-        on_progress(f"seed {seed}: MTL")
+@dataclass(frozen=True)
+class _StlJob:
+    """The STL networks of ``seeds``, stacked across them where ``fit_stl_seeds`` can."""
+
+    config: Config
+    splits: Splits
+    seeds: tuple[int, ...]
+    vectorize: Vectorize
+
+
+@dataclass
+class _Done:
+    """A job's test scores ``{seed: {task: scores}}`` for one side, and its training time."""
+
+    side: str
+    scores: dict[int, dict[str, dict[str, float]]]
+    seconds: float
+
+
+def _run_job(job: _MtlJob | _StlJob, on_progress: Callable[[str], None] | None = None) -> _Done:
+    """One job of ``compare`` (in a worker process when it has several)."""
     started = time.perf_counter()
-    mtl = fit(job.config, splits=job.splits)
-    middle = time.perf_counter()
-    stl = fit_stl(
+    if isinstance(job, _MtlJob):
+        seed = job.config.train.seed
+        if on_progress:
+            on_progress(f"seed {seed}: MTL")
+        mtl = fit(job.config, splits=job.splits)
+        scores = {seed: {name: mtl.metrics["test"][name] for name in job.main}}
+        return _Done("mtl", scores, time.perf_counter() - started)
+    runs = fit_stl_seeds(
         job.config,
         job.splits,
-        vectorize=job.stl_vectorize,
-        on_task=(lambda t: on_progress(f"seed {seed}: STL {t.name}")) if on_progress else None,
+        job.seeds,
+        vectorize=job.vectorize,
+        on_task=(lambda s, t: on_progress(f"seed {s}: STL {t.name}")) if on_progress else None,
     )
-    return {
-        "mtl": {name: mtl.metrics["test"][name] for name in job.main},
-        "stl": {name: run.metrics["test"][name] for name, run in stl.items()},
-        "seconds": {"mtl": middle - started, "stl": time.perf_counter() - middle},
+    scores = {
+        seed: {name: run.metrics["test"][name] for name, run in by_task.items()}
+        for seed, by_task in runs.items()
     }
+    return _Done("stl", scores, time.perf_counter() - started)
+
+
+def _jobs(
+    config: Config, splits: Splits, seeds: list[int], main: tuple[str, ...], vectorize: Vectorize
+) -> list[_MtlJob | _StlJob]:
+    """The STL networks of all seeds as one job where they stack (one ensemble trains them
+    faster than several processes train their shares), one per seed where they are separate
+    runs anyway; then one MTL job per seed. The jobs do not depend on the number of workers,
+    so neither do the scores (a dropout ensemble's masks depend on its members)."""
+    seeded = [
+        config.model_copy(update={"train": config.train.model_copy(update={"seed": s, **NO_LOG})})
+        for s in seeds
+    ]
+    base = seeded[0] if seeded else config
+    stl: list[_MtlJob | _StlJob]
+    if sequential_reason(base, vectorize) is None:
+        stl = [_StlJob(base, splits, tuple(seeds), vectorize)]
+    else:
+        stl = [_StlJob(c, splits, (c.train.seed,), vectorize) for c in seeded]
+    return [*stl, *(_MtlJob(c, splits, main) for c in seeded)]
 
 
 def compare(
@@ -332,36 +373,41 @@ def compare(
     the main ``horizons`` tasks, so with one main task STL is the no-signal model.
     ``stl_vectorize``: how ``fit_stl`` trains the STL networks (``"dropout"`` stacks them even
     with dropout, each drawing its own masks: 5× faster on School's 160 networks).
-    ``workers``: processes that train the seeds, one torch thread each (default: one per core,
-    at most one per seed; 1 on a GPU); the scores do not depend on it."""
+    ``workers``: processes that train the jobs (each seed's MTL model; the STL networks of all
+    seeds as one stacked job, or one per seed where they are fitted run by run), one torch
+    thread each (default: one per core, at most one per job; 1 on a GPU); the scores do not
+    depend on it."""
     seeds_used = seed_list(config, seeds)
     config, splits, tasks = shared_setup(config, splits, frame)
     if len(splits.test) == 0:
         raise DataError("compare needs a test split: give data.test or data.test_fraction > 0")
-    if workers is None:
-        workers = default_workers(len(seeds_used), config.train.device)
     result = Comparison(tasks=tasks, seeds=seeds_used)
     result.scores = {m: {t.name: [] for t in tasks if t.is_main} for m in ("stl", "mtl")}
     result.seconds = {"stl": 0.0, "mtl": 0.0}
     main = tuple(t.name for t in result.main_tasks)
-    jobs = []
-    for seed in seeds_used:
-        train = config.train.model_copy(update={"seed": seed, **NO_LOG})
-        seeded = config.model_copy(update={"train": train})
-        jobs.append(_SeedJob(seeded, splits, main, stl_vectorize))
+    jobs = _jobs(config, splits, seeds_used, main, stl_vectorize)
+    if workers is None:
+        workers = default_workers(len(jobs), config.train.device)
     pool = Pool(min(workers, len(jobs)))
     try:
         if pool.workers > 1:
             if on_progress:
-                on_progress(f"{len(jobs)} seeds, MTL and STL, in {pool.workers} processes")
-            done = pool.map(_compare_seed, jobs)
+                stl = sum(isinstance(job, _StlJob) for job in jobs)
+                on_progress(
+                    f"{len(seeds_used)} seeds: {len(jobs) - stl} MTL and {stl} STL job(s) "
+                    f"in {pool.workers} processes"
+                )
+            done = pool.map(_run_job, jobs)
         else:
-            done = [_compare_seed(job, on_progress) for job in jobs]
+            done = [_run_job(job, on_progress) for job in jobs]
     finally:
         pool.close()
+    by_seed: dict[str, dict[int, dict[str, dict[str, float]]]] = {"stl": {}, "mtl": {}}
     for outcome in done:
-        for side in ("mtl", "stl"):
-            result.seconds[side] += outcome["seconds"][side]
-            for name, scores in outcome[side].items():
-                result.scores[side][name].append(scores)
+        result.seconds[outcome.side] += outcome.seconds
+        by_seed[outcome.side].update(outcome.scores)
+    for side, scores in by_seed.items():
+        for seed in seeds_used:
+            for name, values in scores[seed].items():
+                result.scores[side][name].append(values)
     return result

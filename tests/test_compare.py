@@ -217,29 +217,36 @@ def test_compare_trains_its_stl_networks_as_told(
     frame.to_csv(tmp_path / "t.csv", index=False)
     tasks = [t for t in ALL_TASKS if t.name in ("price", "sold")]
     config = make_config(tmp_path / "t.csv", tasks, model={"dropout": 0.2}, epochs=2)
-    asked: list[str] = []
-    real = compare_module.fit_stl
+    asked: list[tuple[str, list[int]]] = []
+    real = compare_module.fit_stl_seeds
 
-    def fit_stl(config: pt.Config, splits: pt.Splits, **kwargs: object) -> dict:
-        asked.append(str(kwargs["vectorize"]))
-        return real(config, splits, **kwargs)  # type: ignore[arg-type]
+    def fit_stl_seeds(
+        config: pt.Config, splits: pt.Splits, seeds: list[int], **kwargs: object
+    ) -> dict:
+        asked.append((str(kwargs["vectorize"]), list(seeds)))
+        return real(config, splits, seeds, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(compare_module, "fit_stl", fit_stl)
+    monkeypatch.setattr(compare_module, "fit_stl_seeds", fit_stl_seeds)
     splits = make_splits(frame)
-    pt.compare(config, seeds=2, splits=splits, stl_vectorize="dropout", workers=1)
-    pt.compare(config, seeds=1, splits=splits)
-    assert asked == ["dropout", "dropout", "exact"]
+    pt.compare(config, seeds=[3, 4], splits=splits, stl_vectorize="dropout", workers=1)
+    pt.compare(config, seeds=[3, 4], splits=splits, workers=1)
+    # stacked: both seeds in one ensemble; exact falls back (dropout): one job per seed
+    assert asked == [("dropout", [3, 4]), ("exact", [3]), ("exact", [4])]
 
 
+@pytest.mark.parametrize("stl_vectorize", ["exact", "dropout"])
 def test_seeds_in_worker_processes_score_as_in_one(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stl_vectorize: str
 ) -> None:
+    """Also with the STL networks of both seeds in one dropout ensemble (its masks come from
+    the same stream in a worker as here)."""
     import importlib
 
     compare_module = importlib.import_module("polytask.compare")
     frame = make_frame(160, seed=22)
     tasks = [t for t in ALL_TASKS if t.name in ("price", "sold")]
-    config = make_config(tmp_path / "unused.csv", tasks, epochs=2)
+    dropout = 0.3 if stl_vectorize == "dropout" else 0.0
+    config = make_config(tmp_path / "unused.csv", tasks, epochs=2, model={"dropout": dropout})
     splits = make_splits(frame)
     pools: list[int] = []
     real = compare_module.Pool
@@ -250,7 +257,8 @@ def test_seeds_in_worker_processes_score_as_in_one(
         return made
 
     monkeypatch.setattr(compare_module, "Pool", pool)
-    one = pt.compare(config, seeds=[3, 4], splits=splits, workers=1).to_json()
-    two = pt.compare(config, seeds=[3, 4], splits=splits, workers=2).to_json()
+    options = {"seeds": [3, 4], "splits": splits, "stl_vectorize": stl_vectorize}
+    one = pt.compare(config, workers=1, **options).to_json()  # type: ignore[arg-type]
+    two = pt.compare(config, workers=2, **options).to_json()  # type: ignore[arg-type]
     assert pools == [1, 2]
     assert one["tasks"] == two["tasks"] and one["delta_m_percent"] == two["delta_m_percent"]
