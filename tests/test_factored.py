@@ -119,3 +119,27 @@ def test_rows_are_factored_only_at_the_representation_level_and_when_it_pays() -
     assert isinstance(at_params.matrix, torch.Tensor)
     # many outputs per task and a narrow z: forming J is cheaper
     assert not jacobian._factoring_pays(torch.zeros(4, 50, 20), torch.zeros(50, 2, 20))
+
+
+def test_pcgrad_on_drawn_subsets_does_not_repeat_its_order_every_step() -> None:
+    """A fresh solver per drawn subset continues the balancer's draws: the same subset, drawn
+    again, is projected in other orders (from ``seed`` each time it would repeat one)."""
+    names = [f"t{i}" for i in range(4)]
+    torch.manual_seed(0)
+    model = HardSharing(
+        encoder=TabularInput(5, [], None), trunk=MLP(5, [3]), out_dims={n: 1 for n in names}
+    )
+    x = torch.randn(16, 5, generator=torch.Generator().manual_seed(2))
+    a, b = torch.randn(2, 16, 1, generator=torch.Generator().manual_seed(3)) * 5
+    y = torch.cat([a, -a, a + b, b - a], dim=1)  # conflicting tasks: the order matters
+    tasks = [pt.Task(name=n, kind="regression") for n in names]
+    balancer = make_balancer("pcgrad", tasks, {"level": "representation", "subset": 3})
+    seen: dict[tuple[str, ...], set[tuple[float, ...]]] = {}
+    for _ in range(40):
+        packed, h = model(x, packed=True, features=True)
+        losses = {n: (packed[:, i, 0] - y[:, i]).pow(2).mean() for i, n in enumerate(names)}
+        weights = balancer.backward(losses, model=model, features=h, outputs=packed)
+        drawn = tuple(n for n in names if weights[n] != 0)
+        seen.setdefault(drawn, set()).add(tuple(round(weights[n], 6) for n in drawn))
+        model.zero_grad()
+    assert max(len(v) for v in seen.values()) > 1

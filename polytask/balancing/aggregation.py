@@ -223,6 +223,10 @@ class _Aggregation(Balancer):
                 # a stateful aggregator keeps no state across random subsets (one per subset
                 # would grow without bound): a drawn subset gets a fresh one
                 agg = self._new(len(sub)) if drawn else self._aggregator(present)
+                if drawn and hasattr(agg, "generator"):  # PCGrad's, GradVac's orders: go on
+                    # from the balancer's draws, not from ``seed`` again at every subset
+                    seed = torch.randint(2**62, (1,), generator=self._draws)
+                    agg.generator.manual_seed(int(seed))
                 w, _ = self._combine(agg, matrix)
             if o.every > 1:  # keep the current window's weights only
                 self._reused = {k: v for k, v in self._reused.items() if v[0] == window}
@@ -295,7 +299,7 @@ def _bits(present: tuple[bool, ...]) -> str:
 def _cap(agg: Any, norm: Tensor) -> float:
     """The factor a capped aggregator (Nash-MTL's ``max_norm``) applies to a direction of this
     norm; 1 for the others."""
-    return agg.cap(float(norm)) if isinstance(agg, GramianSolver) else 1.0
+    return agg.cap(float(norm.detach())) if isinstance(agg, GramianSolver) else 1.0
 
 
 def _pull(
