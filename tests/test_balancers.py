@@ -782,6 +782,26 @@ def test_fairgrad_weights_meet_the_alpha_fair_condition(m, n, seed, alpha) -> No
     np.testing.assert_allclose(d.numpy(), w @ jac.numpy(), rtol=1e-10)
 
 
+@pytest.mark.parametrize("alpha", [0.5, 1.0, 2.0])
+def test_fairgrad_agrees_with_torchjds_least_squares_and_stays_finite_when_singular(
+    alpha: float,
+) -> None:
+    from torchjd.aggregation import FairGrad
+
+    g = torch.Generator().manual_seed(4)
+    jac = torch.randn(5, 30, generator=g, dtype=torch.float64)
+    ours, _ = _direction("fairgrad", jac, alpha=alpha)
+    theirs = FairGrad(alpha=alpha).gramian_weighting(jac @ jac.T)
+    np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-5)
+    # more tasks than dimensions: (G + ridge‖G‖_F I) w = w^(−1/α), finite and positive
+    wide = torch.randn(6, 3, generator=g, dtype=torch.float64)
+    w, _ = _direction("fairgrad", wide, alpha=alpha, ridge=1e-6)
+    gram = (wide @ wide.T).numpy()
+    ridged = gram + 1e-6 * np.linalg.norm(gram) * np.eye(6)
+    assert np.isfinite(w.numpy()).all() and (w.numpy() > 0).all()
+    np.testing.assert_allclose(ridged @ w.numpy(), w.numpy() ** (-1 / alpha), rtol=1e-6)
+
+
 # ---- loss weightings: each one's weights against the paper's formula on a tiny case ----------
 ALPHAS = {"a": 1.0, "b": 2.0, "c": 3.0}  # declared task weights: the balancers weight α_t L_t
 

@@ -44,6 +44,7 @@ from ..errors import ConfigError
 from ..models.multitask import MultiTaskModel
 from .base import Balancer, register_balancer
 from .gramian import CAGrad as _CAGrad
+from .gramian import FairGrad as _FairGrad
 from .gramian import GradVac as _GradVac
 from .gramian import GramianSolver
 from .gramian import NashMTL as _NashMTL
@@ -494,6 +495,8 @@ def UPGrad(o: AggregatorOptions, n: int) -> Any:
 
 class FairGradOptions(AggregatorOptions):
     alpha: float = Field(1.0, gt=0)
+    max_iter: int = Field(50, gt=0)
+    ridge: float = Field(1e-8, gt=0)
 
 
 @_aggregator(
@@ -501,10 +504,8 @@ class FairGradOptions(AggregatorOptions):
     "α-fair utility maximization over task improvements",
     "Ban & Ji 2024",
     FairGradOptions,
-    extra="fairgrad",
 )
 def FairGrad(o: FairGradOptions, n: int) -> Any:
-    """Fair resource allocation in multi-task learning."""
-    from torchjd.aggregation import FairGrad
-
-    return FairGrad(alpha=o.alpha)
+    """Fair resource allocation in multi-task learning (damped Newton on the Gramian,
+    ``gramian.FairGrad``; ``max_iter`` caps the Newton steps)."""
+    return _FairGrad(n, alpha=o.alpha, max_iter=o.max_iter, ridge=o.ridge)

@@ -1,15 +1,16 @@
 """Aggregation weights computed in torch from the T×T Gramian G = JJᵀ alone: Nash-MTL, CAGrad,
-PCGrad and GradVac.
+FairGrad, PCGrad and GradVac.
 
 Nash-MTL and CAGrad replace torchjd's cvxpy solves (ECOS, CLARABEL) with small dense iterations
 in float64 on the Gramian, keeping torchjd's conventions (Gramian normalization, Nash-MTL's
 ``max_norm`` cap and ``update_weights_every``, CAGrad's ``norm_eps``), so the weights agree with
 torchjd's where its solver succeeds (``tests/test_balancers.py`` checks this when cvxpy is
-installed). PCGrad and GradVac replace torchjd's loops over task pairs with T − 1 steps
-vectorized over the tasks (weight space: row i of W holds g_i' = Σ_k W[i,k] g_k), in a random
-order drawn from a seeded generator; their weights agree with torchjd's where the order cannot
-matter (two tasks). Stateful solvers give their state as tensors (``state_dict``), so that a
-resumed run continues exactly.
+installed). FairGrad replaces torchjd's scipy ``least_squares`` with the same damped Newton as
+Nash-MTL (its α = 1 case). PCGrad and GradVac replace torchjd's loops over task pairs with
+T − 1 steps vectorized over the tasks (weight space: row i of W holds g_i' = Σ_k W[i,k] g_k),
+in a random order drawn from a seeded generator; their weights agree with torchjd's where the
+order cannot matter (two tasks). Stateful solvers give their state as tensors
+(``state_dict``), so that a resumed run continues exactly.
 """
 
 from __future__ import annotations
@@ -94,21 +95,39 @@ class NashMTL(GramianSolver):
 def nash_weights(
     gram: Tensor, start: Tensor, *, ridge: float, max_iter: int, tol: float = 1e-14
 ) -> Tensor:
-    """argmin_{α>0} ½ αᵀ(G + ridge·I)α − Σ log α_i by damped Newton (Hessian G + diag(1/α²)),
-    backtracking to keep α > 0 and to decrease φ (Armijo); stops when the Newton decrement
-    λ² = ∇φᵀH⁻¹∇φ (≈ 2(φ − φ*)) is under ``tol`` (α then within ~λ of α*, relative, and one
-    more step would square λ), when φ no longer decreases in float64, or after ``max_iter``
-    steps."""
+    """argmin_{α>0} ½ αᵀ(G + ridge·I)α − Σ log α_i: ``fair_weights`` with fairness 1."""
+    return fair_weights(gram, start, fairness=1.0, ridge=ridge, max_iter=max_iter, tol=tol)
+
+
+def fair_weights(
+    gram: Tensor,
+    start: Tensor,
+    *,
+    fairness: float,
+    ridge: float,
+    max_iter: int,
+    tol: float = 1e-14,
+) -> Tensor:
+    """w > 0 with (G + ridge·I) w = w^(−1/a), a = ``fairness`` > 0: the minimizer of
+    φ(w) = ½ wᵀ(G + ridge·I)w − Σ F(w_i), F' = w^(−1/a) (F = log for a = 1), strictly convex.
+
+    Damped Newton (Hessian G + diag(w^(−1/a−1)/a)), backtracking to keep w > 0 and to decrease
+    φ (Armijo); stops when the Newton decrement λ² = ∇φᵀH⁻¹∇φ (≈ 2(φ − φ*)) is under ``tol``
+    (w then within ~λ of w*, relative, and one more step would square λ), when φ no longer
+    decreases in float64, or after ``max_iter`` steps."""
     g = gram + ridge * torch.eye(len(gram), dtype=gram.dtype)
     a = start.clone()
+    power = 1.0 - 1.0 / fairness
 
     def phi(x: Tensor) -> float:
-        return float(0.5 * x @ g @ x - x.log().sum())
+        utility = x.log() if fairness == 1.0 else x.pow(power) / power
+        return float(0.5 * x @ g @ x - utility.sum())
 
     value = phi(a)
     for _ in range(max_iter):
-        grad = g @ a - 1 / a
-        step = torch.linalg.solve(g + torch.diag(a.pow(-2)), grad)
+        grad = g @ a - a.pow(-1.0 / fairness)
+        curvature = a.pow(-1.0 / fairness - 1.0) / fairness
+        step = torch.linalg.solve(g + torch.diag(curvature), grad)
         decrement = float(grad @ step)
         if decrement <= tol:
             break
@@ -124,6 +143,40 @@ def nash_weights(
             break
         a, value = new, new_value
     return a
+
+
+class FairGrad(GramianSolver):
+    """FairGrad (Ban & Ji 2024): the α-fair step, w > 0 with (G w)_i = w_i^(−1/α).
+
+    torchjd solves it with scipy's ``least_squares`` from w = 𝟙/T on G as given; polytask
+    minimizes the convex φ of ``fair_weights`` by damped Newton on G' = G/‖G‖_F and scales back:
+    w = c·v with c = ‖G‖_F^(−α/(1+α)) solves G w = w^(−1/α) when G'v = v^(−1/α). The last
+    solution warm-starts the next. ``ridge`` regularizes a rank-deficient G as Nash-MTL's does
+    (Nash-MTL is the case α = 1 without the cap)."""
+
+    def __init__(self, n_tasks: int, *, alpha: float, max_iter: int, ridge: float) -> None:
+        self.fairness = alpha
+        self.max_iter = max_iter
+        self.ridge = ridge
+        self.start = torch.ones(n_tasks, dtype=torch.float64)
+
+    def weights(self, gram: Tensor) -> Tensor:
+        g = gram.detach().to(torch.float64, copy=True).cpu()
+        norm = float(g.norm())
+        if norm == 0:
+            return torch.zeros(len(g), dtype=gram.dtype, device=gram.device)
+        g = 0.5 * (g + g.T) / norm
+        self.start = fair_weights(
+            g, self.start, fairness=self.fairness, ridge=self.ridge, max_iter=self.max_iter
+        )
+        scale = norm ** (-self.fairness / (1.0 + self.fairness))
+        return (self.start * scale).to(gram.device)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {"start": self.start.clone()}
+
+    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        self.start = state["start"].to(torch.float64).clone()
 
 
 class CAGrad(GramianSolver):
