@@ -250,17 +250,13 @@ class _Member:
     data: dict[str, TaskData]
     model: MultiTaskModel
 
-    @property
-    def seed(self) -> int:
-        return self.config.train.seed
-
-    @property
-    def key(self) -> str:
-        return f"{self.task.name}@{self.seed}"
-
-    @property
-    def label(self) -> str:
-        return f"{self.task.name} (seed {self.seed})"
+    def __post_init__(self) -> None:
+        self.seed = self.config.train.seed
+        self.key = f"{self.task.name}@{self.seed}"
+        self.label = f"{self.task.name} (seed {self.seed})"
+        #: the task under its key, as the ensemble's losses know it
+        self.keyed_task = self.task.model_copy(update={"name": self.key})
+        self.out_dim = self.preprocessor.output_dims()[self.task.name]
 
 
 def _members(
@@ -299,10 +295,8 @@ class _Rows:
         data: Sequence[TaskData],
         device: torch.device,
     ):
-        self.names = list(names)
-        self.lengths = torch.tensor([len(d) for d in data])
-        n = int(self.lengths.max())
-        self.n = n
+        lengths = torch.tensor([len(d) for d in data])
+        n = int(lengths.max())
 
         def pad(tensors: list[Tensor]) -> Tensor:
             out = tensors[0].new_zeros((len(tensors), n, *tensors[0].shape[1:]))
@@ -310,8 +304,6 @@ class _Rows:
                 out[m, : len(t)] = t
             return out.to(device)
 
-        self.x_num = pad([d.x_num for d in data])
-        self.x_cat = pad([d.x_cat for d in data])
         targets = [d.targets[task] for task, d in zip(tasks, data, strict=True)]
         masks = [d.masks[task] for task, d in zip(tasks, data, strict=True)]
         # 1-D targets in one block per dtype, 1-D masks in one block; 2-D (multilabel) apart
@@ -320,25 +312,75 @@ class _Rows:
             if t.dim() == 1:
                 by_dtype.setdefault(t.dtype, []).append(m)
         flat = [m for m, t in enumerate(masks) if t.dim() == 1]
-        self.target_blocks = [
-            (self._positions(ms, device), pad([targets[m] for m in ms])) for ms in by_dtype.values()
-        ]
-        self.target_columns = {
-            self.names[m]: (b, j)
-            for b, ms in enumerate(by_dtype.values())
-            for j, m in enumerate(ms)
-        }
-        self.mask_blocks = (
-            [(self._positions(flat, device), pad([masks[m] for m in flat]))] if flat else []
+        self._assemble(
+            list(names),
+            lengths,
+            pad([d.x_num for d in data]),
+            pad([d.x_cat for d in data]),
+            [(ms, pad([targets[m] for m in ms])) for ms in by_dtype.values()],
+            [(flat, pad([masks[m] for m in flat]))] if flat else [],
+            {
+                m: (pad([targets[m]])[0], pad([masks[m]])[0])
+                for m, t in enumerate(targets)
+                if t.dim() != 1
+            },
         )
-        self.mask_columns = {self.names[m]: (0, j) for j, m in enumerate(flat)}
-        self.rest = {
-            m: (pad([targets[m]])[0], pad([masks[m]])[0])
-            for m, t in enumerate(targets)
-            if t.dim() != 1
+
+    def _assemble(
+        self,
+        names: list[str],
+        lengths: Tensor,
+        x_num: Tensor,
+        x_cat: Tensor,
+        target_groups: list[tuple[list[int], Tensor]],
+        mask_groups: list[tuple[list[int], Tensor]],
+        rest: dict[int, tuple[Tensor, Tensor]],
+    ) -> None:
+        """The stacks from padded parts; a group is its members (ascending) and their block."""
+        device = x_num.device
+        self.names, self.lengths, self.n = names, lengths, x_num.shape[1]
+        self.x_num, self.x_cat = x_num, x_cat
+        self._groups = (target_groups, mask_groups)
+        self.target_blocks = [(self._positions(ms, device), b) for ms, b in target_groups]
+        self.target_columns = {
+            names[m]: (b, j) for b, (ms, _) in enumerate(target_groups) for j, m in enumerate(ms)
         }
-        self.offsets = (torch.arange(len(data)) * n).to(device)[:, None]
+        self.mask_blocks = [(self._positions(ms, device), b) for ms, b in mask_groups]
+        self.mask_columns = {names[m]: (0, j) for ms, _ in mask_groups for j, m in enumerate(ms)}
+        self.rest = rest
+        self.offsets = (torch.arange(len(names)) * self.n).to(device)[:, None]
         self._selections: tuple[dict, dict] = ({}, {})
+
+    def select(self, positions: Sequence[int]) -> _Rows:
+        """The members at ``positions`` (ascending) alone, by indexing these stacks (cheaper than
+        padding the members' rows again), padded to the longest of them."""
+        new = {m: k for k, m in enumerate(positions)}
+        lengths = self.lengths[list(positions)]
+        n = int(lengths.max())
+        device = self.x_num.device
+
+        def take(block: Tensor, members: Sequence[int]) -> Tensor:
+            return block.index_select(0, torch.tensor(members, device=device))[:, :n].contiguous()
+
+        def groups(of: list[tuple[list[int], Tensor]]) -> list[tuple[list[int], Tensor]]:
+            out = []
+            for ms, block in of:
+                kept = [j for j, m in enumerate(ms) if m in new]
+                if kept:
+                    out.append(([new[ms[j]] for j in kept], take(block, kept)))
+            return out
+
+        rows = object.__new__(_Rows)
+        rows._assemble(
+            [self.names[m] for m in positions],
+            lengths,
+            take(self.x_num, positions),
+            take(self.x_cat, positions),
+            groups(self._groups[0]),
+            groups(self._groups[1]),
+            {new[m]: (t[:n], mask[:n]) for m, (t, mask) in self.rest.items() if m in new},
+        )
+        return rows
 
     def _positions(self, members: list[int], device: torch.device) -> tuple[Tensor, Tensor]:
         """Members' positions (ascending) and the offsets of their rows in a flattened
@@ -508,19 +550,26 @@ class _Ensemble:
         self.logged_weight = {  # what the balancer reports for a lone task (history only)
             m.key: m.task.weight if train.balancer == "fixed" else 1.0 for m in members
         }
-        self.schedules = [_schedule(train) for _ in members]
+        # a constant rate needs no stand-in optimizers (creating the first imports torch._dynamo)
+        constant = train.scheduler == "none"
+        self.schedules = [] if constant else [_schedule(train) for _ in members]
         lrs = torch.tensor(
-            [s[0].param_groups[0]["lr"] for s in self.schedules], dtype=torch.float64
+            [train.lr] * len(members)
+            if constant
+            else [s[0].param_groups[0]["lr"] for s in self.schedules],
+            dtype=torch.float64,
         )
         self.optimizer = _StackedOptimizer(self.params, train, lrs)
         self.live = list(range(len(members)))  # members still training, in stack order
         # the shuffles, by number of rows and seed
         self.generators: dict[tuple[int, int], torch.Generator] = {}
+        self._stack_rows()
         self._build_stacks()
 
     # ---- the live stack ---------------------------------------------------------------------
-    def _build_stacks(self) -> None:
-        members = [self.members[i] for i in self.live]
+    def _stack_rows(self) -> None:
+        """Every member's training and validation rows (padded once: ``_keep`` selects)."""
+        members = self.members
         keys, tasks = [m.key for m in members], [m.task.name for m in members]
         self.train_rows = _Rows(keys, tasks, [m.data["train"] for m in members], self.device)
         self.validated = [k for k, m in enumerate(members) if "validation" in m.data]
@@ -534,6 +583,10 @@ class _Ensemble:
             if self.validated
             else None
         )
+
+    def _build_stacks(self) -> None:
+        """What the step and validation read of the live members, their rows aside."""
+        members = [self.members[i] for i in self.live]
         self.val_losses = _task_losses([members[k] for k in self.validated])
         self.live_alphas = self.alphas[torch.tensor(self.live, device=self.device)]
         self.steps_per_epoch = (self.train_rows.lengths + self.config.batch_size - 1) // (
@@ -554,6 +607,15 @@ class _Ensemble:
         self.buffers = {k: b.index_select(0, on_device) for k, b in self.buffers.items()}
         self.optimizer.keep(index)
         self.live = [self.live[k] for k in positions]
+        self.train_rows = self.train_rows.select(positions)
+        if self.val_rows is not None:
+            slot = {k: j for j, k in enumerate(self.validated)}
+            validated = [k for k in positions if k in slot]
+            self.val_rows = (
+                self.val_rows.select([slot[k] for k in validated]) if validated else None
+            )
+            kept = {k: new for new, k in enumerate(positions)}
+            self.validated = [kept[k] for k in validated]
         self._build_stacks()
 
     # ---- training ---------------------------------------------------------------------------
@@ -764,9 +826,9 @@ def _task_losses(members: Sequence[_Member]) -> TaskLosses:
     """The members' losses as one batch of tasks, named by member key: one column of the
     packed outputs each."""
     return TaskLosses(
-        [m.task.model_copy(update={"name": m.key}) for m in members],
+        [m.keyed_task for m in members],
         [m.key for m in members],
-        {m.key: m.preprocessor.output_dims()[m.task.name] for m in members},
+        {m.key: m.out_dim for m in members},
     )
 
 

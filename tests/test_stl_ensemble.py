@@ -243,10 +243,12 @@ def test_each_seed_draws_its_own_initial_weights_and_batch_orders() -> None:
 
 def test_tasks_of_several_shapes_stack_across_seeds() -> None:
     """Shapes group as for one seed; a shape only one task has stacks with its other seeds'
-    copies. Every network is the separate run of its seed and task."""
+    copies. Every network is the separate run of its seed and task, also as members of every
+    kind leave the stacks early (``sold`` has no validation label, so it never stops)."""
     frame = _frame(200, seed=7, missing={"species": 0.2, "tag_a": 0.3, "tag_b": 0.3})
     columns = FEATURES + ["species", "tag_a", "tag_b", "price", "sold", "visits"]
     splits = make_splits(frame[columns])
+    splits.validation["sold"] = np.nan
     tasks = [
         pt.Task(name="species", kind="multiclass"),
         pt.Task(name="tags", kind="multilabel", target=["tag_a", "tag_b"]),
@@ -254,17 +256,23 @@ def test_tasks_of_several_shapes_stack_across_seeds() -> None:
         SOLD,
         VISITS,
     ]
-    config = make_config("unused.csv", tasks, epochs=3, batch_size=32, model={"head": [4]})
+    config = make_config(
+        "unused.csv", tasks, epochs=10, batch_size=32, lr=5e-2, patience=1, model={"head": [4]}
+    )
     started: list[tuple[int, str]] = []
     together = fit_stl_seeds(
         config, splits, [1, 4], on_task=lambda s, t: started.append((s, t.name))
     )
     assert sorted(started) == sorted((s, t.name) for s in (1, 4) for t in tasks)
+    stopped: set[tuple[int, str]] = set()
     for seed in (1, 4):
         separate = fit_stl(_seeded(config, seed), splits, vectorize="off")
         _assert_same_runs(separate, together[seed])
         sizes = {name: run.metrics["stl_ensemble_size"] for name, run in together[seed].items()}
         assert sizes == {"species": 2, "tags": 2, "price": 2, "sold": 4, "visits": 4}
+        assert together[seed]["sold"].metrics["best_epoch"] == 10
+        stopped |= {(seed, n) for n, r in together[seed].items() if r.metrics["stopped_early"]}
+    assert {name for _, name in stopped} == {"species", "tags", "price", "visits"}
 
 
 def test_several_seeds_fall_back_to_separate_runs_as_one_seed_does() -> None:
