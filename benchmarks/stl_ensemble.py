@@ -22,11 +22,16 @@ the peak is reset through /proc/self/clear_refs), each in a fresh process.
 ``--school`` adds the STL part of ``compare`` on School (160 schools; benchmarks/quality.py's
 settings, dropout 0.2, 5 seeds): separate runs against ``vectorize="dropout"`` (stacked, each
 member drawing its own dropout masks; ``"exact"`` falls back to separate runs with dropout),
-and, with dropout 0, separate runs against the exact ensemble.
+and, with dropout 0, separate runs against the exact ensemble. Each stacked mode is measured
+twice: one ``fit_stl`` call per seed (160 members each) and one ``fit_stl_seeds`` call for all
+seeds (800 members in one ensemble, what ``compare`` runs); ``max |Δw|`` compares the latter's
+networks with the per-seed calls' (and, exact, with the separate runs').
 
     python benchmarks/stl_ensemble.py                 # T = 10, 100; two shapes (a few minutes)
     python benchmarks/stl_ensemble.py --quick         # T = 10, 100; one shape, fewer repeats
     python benchmarks/stl_ensemble.py --school        # adds School, 5 seeds (a few minutes)
+    python benchmarks/stl_ensemble.py --shapes= --school \\
+        --out benchmarks/results/stl_ensemble_seeds.json  # School only
 """
 
 from __future__ import annotations
@@ -52,7 +57,7 @@ import torch  # noqa: E402
 from step_cost import machine as step_cost_machine  # noqa: E402
 
 import polytask as pt  # noqa: E402
-from polytask.baselines import fit_stl  # noqa: E402
+from polytask.baselines import fit_stl, fit_stl_seeds  # noqa: E402
 
 GOAL = 3.0  # the issue's target: the ensemble of T = 100 within 3x one STL network's time
 METHODS = ("one", "ensemble", "separate")
@@ -229,51 +234,68 @@ def school_config(dropout: float) -> pt.Config:
 
 def bench_school(seeds: list[int]) -> dict[str, Any]:
     print(f"\nSchool (160 tasks), STL of compare: seeds {seeds}, patience 10, up to 100 epochs")
-    print(f"{'dropout':>7} {'method':>18} {'seconds':>9} {'epochs':>7} {'mean RMSE':>10}")
+    print(f"{'dropout':>7} {'method':>22} {'seconds':>9} {'epochs':>7} {'mean RMSE':>10}")
     result: dict[str, Any] = {"seeds": seeds, "variants": []}
     for dropout, stacked in ((0.2, "dropout"), (0.0, "exact")):
         config = school_config(dropout)
         splits = pt.load_splits(config)
         entries = {}
-        for vectorize in ("off", stacked):
-            seconds, epochs, rmse = 0.0, 0, []
-            runs_by_seed = []
-            for seed in seeds:
-                seeded = config.model_copy(
-                    update={"train": config.train.model_copy(update={"seed": seed})}
-                )
-                started = time.perf_counter()
-                runs = fit_stl(seeded, splits, vectorize=vectorize)  # type: ignore[arg-type]
-                seconds += time.perf_counter() - started
-                epochs += sum(len(r.history) for r in runs.values())
-                rmse.append(np.mean([r.metrics["test"][n]["rmse"] for n, r in runs.items()]))
-                runs_by_seed.append(runs)
-            entries[vectorize] = {
+        together = f"{stacked}, seeds in one"
+        for method in ("off", stacked, together):
+            started = time.perf_counter()
+            if method == together:
+                by_seed = fit_stl_seeds(config, splits, seeds, vectorize=stacked)  # type: ignore[arg-type]
+                runs_by_seed = [by_seed[seed] for seed in seeds]
+            else:
+                runs_by_seed = []
+                for seed in seeds:
+                    seeded = config.model_copy(
+                        update={"train": config.train.model_copy(update={"seed": seed})}
+                    )
+                    runs_by_seed.append(fit_stl(seeded, splits, vectorize=method))  # type: ignore[arg-type]
+            seconds = time.perf_counter() - started
+            epochs = sum(len(r.history) for runs in runs_by_seed for r in runs.values())
+            rmse = [
+                np.mean([r.metrics["test"][n]["rmse"] for n, r in runs.items()])
+                for runs in runs_by_seed
+            ]
+            entries[method] = {
                 "seconds": seconds,
                 "epochs": epochs,
                 "mean_test_rmse": float(np.mean(rmse)),
                 "runs": runs_by_seed,
             }
-            print(
-                f"{dropout:>7} {vectorize:>18} {seconds:>9.1f} {epochs:>7} {np.mean(rmse):>10.4f}"
-            )
-        off, on = entries["off"], entries[stacked]
+            print(f"{dropout:>7} {method:>22} {seconds:>9.1f} {epochs:>7} {np.mean(rmse):>10.4f}")
+        off, on, one = entries["off"], entries[stacked], entries[together]
         variant = {
             "dropout": dropout,
             "stacked": stacked,
             **{k: {m: v for m, v in e.items() if m != "runs"} for k, e in entries.items()},
             "speedup": off["seconds"] / on["seconds"],
+            "seeds_in_one_speedup": on["seconds"] / one["seconds"],
         }
+
+        def worst(a: list[dict[str, pt.Run]], b: list[dict[str, pt.Run]]) -> float:
+            return max(max_weight_difference(x, y) for x, y in zip(a, b, strict=True))
+
         if stacked == "exact":
-            variant["max_weight_difference"] = max(
-                max_weight_difference(a, b) for a, b in zip(off["runs"], on["runs"], strict=True)
+            variant["max_weight_difference"] = worst(off["runs"], on["runs"])
+            variant["seeds_in_one_max_weight_difference"] = worst(off["runs"], one["runs"])
+            print(
+                f"{'':>7} max |Δw| vs separate: per-seed ensembles "
+                f"{variant['max_weight_difference']:.1e}, seeds in one "
+                f"{variant['seeds_in_one_max_weight_difference']:.1e}"
             )
-            worst = variant["max_weight_difference"]
-            print(f"{'':>7} max |Δw| exact ensemble vs separate: {worst:.1e}")
-        print(f"{'':>7} separate / stacked: {variant['speedup']:.1f}x")
+        variant["seeds_in_one_vs_per_seed_max_weight_difference"] = worst(on["runs"], one["runs"])
+        print(
+            f"{'':>7} max |Δw| seeds in one vs per-seed ensembles: "
+            f"{variant['seeds_in_one_vs_per_seed_max_weight_difference']:.1e}"
+        )
+        print(f"{'':>7} separate / per-seed stacked: {variant['speedup']:.1f}x")
+        print(f"{'':>7} per-seed stacked / seeds in one: {variant['seeds_in_one_speedup']:.1f}x")
+        print(f"{'':>7} separate / seeds in one: {off['seconds'] / one['seconds']:.1f}x")
         result["variants"].append(variant)
     return result
-
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -300,9 +322,10 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")  # polytask's notes on tiny test splits, once per task
-    shapes = (
-        args.shapes.split(",") if args.shapes else (["school_like"] if args.quick else [*SHAPES])
-    )
+    if args.shapes is not None:  # --shapes= : none
+        shapes = [name for name in args.shapes.split(",") if name]
+    else:
+        shapes = ["school_like"] if args.quick else [*SHAPES]
     repeats = args.repeats or (2 if args.quick else 3)
     counts = [int(t) for t in args.tasks.split(",")]
     info = step_cost_machine()
