@@ -486,6 +486,21 @@ def test_graddrop_keeps_one_sign_per_coordinate_chosen_by_its_purity(seed: int) 
     assert share == pytest.approx(purity, abs=4 * (purity * (1 - purity) / 4000) ** 0.5 + 1e-9)
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_graddrop_gives_torchjds_direction_for_the_same_draw(seed: int) -> None:
+    from torchjd.aggregation import GradDrop
+
+    jac = torch.randn(5, 300, generator=torch.Generator().manual_seed(seed))
+    jac[:, :10] = 0  # no gradient at all: nothing kept
+    torch.manual_seed(seed)
+    w, d = _direction("graddrop", jac)
+    torch.manual_seed(seed)
+    theirs = GradDrop()(jac)
+    torch.testing.assert_close(d, theirs, rtol=1e-5, atol=1e-6)
+    expected = torch.linalg.lstsq(jac.T.double(), d.double().unsqueeze(1)).solution.squeeze(1)
+    torch.testing.assert_close(w.double(), expected, rtol=1e-4, atol=1e-6)
+
+
 def _vaccinated(gi: np.ndarray, gj: np.ndarray, target: float) -> np.ndarray:
     """g_i + w g_j with w ≥ 0 found by root search so that cos(g_i + w g_j, g_j) = target."""
     from scipy.optimize import brentq
