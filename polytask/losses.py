@@ -125,7 +125,8 @@ class TaskLosses:
         computed += [n for names in self._classes.values() for n in names]
         computed += self._multilabel
         self._in_order = computed == self.order
-        self._reorder = tuple(computed.index(n) for n in self.order)
+        at = {n: i for i, n in enumerate(computed)}
+        self._reorder = tuple(at[n] for n in self.order)
         self._positions = {
             names: tuple(self._position[n] for n in names)
             for names in (*self._scalar.values(), *self._classes.values())

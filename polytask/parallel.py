@@ -48,6 +48,8 @@ class Pool:
             import torch
 
             fork = sys.platform.startswith("linux") and not torch.cuda.is_initialized()
+            if fork:  # torch.optim's first optimizer imports it (about 1 s): once, not per worker
+                import torch._dynamo  # noqa: F401
             method = "fork" if fork else "spawn"
             self.executor = ProcessPoolExecutor(
                 workers, mp_context=get_context(method), initializer=_set_threads, initargs=(1,)

@@ -29,6 +29,7 @@ class FixedWeights(Balancer):
     def __init__(self, tasks: Sequence[Task], options: BaseModel | None = None) -> None:
         super().__init__(tasks, options)
         self._weight_cache: dict[tuple[Any, ...], tuple[Tensor, Tensor | None]] = {}
+        self._present: dict[tuple[str, ...], dict[str, float]] = {}
 
     def backward(
         self,
@@ -38,7 +39,7 @@ class FixedWeights(Balancer):
         features: Tensor | None = None,
         outputs: Tensor | None = None,
     ) -> dict[str, float]:
-        weights = {t.name: t.weight for t in self.tasks if t.name in losses}
+        weights = self._present_weights(losses)
         if isinstance(losses, TaskLossValues) and losses.vector.dtype in _FULL_PRECISION:
             # The same weighted sum on the loss vector: one multiply, not one per task.
             alpha, gather = self._weights_for(losses, weights)
@@ -47,6 +48,16 @@ class FixedWeights(Balancer):
         else:
             total = torch.stack([losses[n] * w for n, w in weights.items()]).sum()
         total.backward()
+        return dict(weights)
+
+    def _present_weights(self, losses: Mapping[str, Tensor]) -> dict[str, float]:
+        """α of the tasks in ``losses``, made once per set of loss names (not once a step)."""
+        key = losses.names if isinstance(losses, TaskLossValues) else tuple(losses)
+        weights = self._present.get(key)
+        if weights is None:
+            weights = self._present[key] = {
+                t.name: t.weight for t in self.tasks if t.name in losses
+            }
         return weights
 
     def _weights_for(
