@@ -6,6 +6,7 @@ never imputed. Features are checked once here; the model code trusts what it rec
 
 from __future__ import annotations
 
+import operator
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -765,6 +766,9 @@ class _StackedEntries:
         return Columns(blocks, self.columns, rest, self.order, self.selections)
 
 
+_VERSION = operator.attrgetter("_version")
+
+
 class _Stacked:
     """``TaskData``'s targets and masks stacked, with what they were made from."""
 
@@ -778,10 +782,10 @@ class _Stacked:
     def matches(self, targets: dict[str, Tensor], masks: dict[str, Tensor]) -> bool:
         """Still a copy of ``targets`` and ``masks``: the same tensors, none changed in place."""
         current = (*targets.values(), *masks.values())
-        return (
+        return (  # map with C-level callables: this runs once per batch, over every task
             len(current) == len(self.sources)
-            and all(a is b for a, b in zip(current, self.sources, strict=True))
-            and [t._version for t in current] == self.versions
+            and all(map(operator.is_, current, self.sources))
+            and list(map(_VERSION, current)) == self.versions
             and self.keys == (tuple(targets), tuple(masks))
         )
 
