@@ -113,13 +113,7 @@ def method_table() -> dict[str, tuple[str, dict[str, Any]]]:
 
 
 # Methods left out on a data set, and why (printed in the report).
-SKIP: dict[str, tuple[set[str], str]] = {
-    "school": (
-        {*AGGREGATORS, "upgrad@params", "mgda@params", "torchjd_upgrad"} - {"imtl_g"},
-        "with 160 tasks the aggregators other than imtl_g are 30–40× slower per epoch than "
-        "fixed (measured, one seed: imtl_g 4.2 s/epoch, upgrad 5.0 s, fixed 0.13 s); not run",
-    ),
-}
+SKIP: dict[str, tuple[set[str], str]] = {}
 
 QUICK = {
     "datasets": ["yeast", "macro"],
