@@ -3,6 +3,8 @@ small problems, and every registered balancer through a few training steps with 
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -1019,3 +1021,28 @@ def test_resume_of_a_stateful_aggregator_is_exact(tmp_path, name: str, options: 
     )
     for a, b in zip(resumed.model.parameters(), straight.model.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "tasks", "warns"),
+    [
+        ("upgrad", {"level": "representation"}, 150, True),  # T quadratic programs
+        ("mgda", {"level": "representation"}, 150, False),
+        ("mgda", {"level": "parameters"}, 150, True),
+        ("mgda", {"level": "parameters", "subset": 32}, 150, False),
+        ("nash_mtl", {"level": "parameters", "every": 16}, 150, False),
+        ("mgda", {"level": "representation"}, 1000, True),
+        ("graddrop", {"level": "parameters"}, 150, True),
+        ("upgrad", {"level": "parameters"}, 99, False),
+    ],
+)
+def test_aggregators_warn_when_many_tasks_make_each_step_costly(
+    name: str, options: dict, tasks: int, warns: bool
+) -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make_balancer(name, _tasks(tasks), options)
+    said = [w for w in caught if issubclass(w.category, pt.PolytaskWarning)]
+    assert len(said) == int(warns)
+    if warns:
+        assert f"with {tasks} tasks" in str(said[0].message)

@@ -33,6 +33,7 @@ the others weighted 0 that step).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Literal
 
@@ -40,7 +41,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, PolytaskWarning
 from ..models.multitask import MultiTaskModel
 from .base import Balancer, register_balancer
 from .gramian import CAGrad as _CAGrad
@@ -62,6 +63,10 @@ from .jacobian import (
 )
 
 Level = Literal["parameters", "representation"]
+
+#: From this many tasks an aggregator at the parameter level, or UPGrad, warns that its step is
+#: costly unless ``every`` or ``subset`` is set (from ten times this many, every aggregator).
+MANY_TASKS = 100
 
 
 class LevelOptions(BaseModel):
@@ -88,6 +93,7 @@ class _Aggregation(Balancer):
 
     def __init__(self, tasks, options=None) -> None:
         super().__init__(tasks, options)
+        self._warn_if_many()
         self._aggregators: dict[tuple[bool, ...], Any] = {}
         self._template = self._new(len(self.tasks))  # fails at construction without a solver
         self._steps = 0
@@ -98,6 +104,40 @@ class _Aggregation(Balancer):
 
     def _make(self, n_tasks: int) -> Any:
         raise NotImplementedError
+
+    def _warn_if_many(self) -> None:
+        """Say so where the step will cost far more than equal weights and neither ``every``
+        nor ``subset`` is set (the thresholds follow ``benchmarks/many_tasks.py``: at T = 100 a
+        parameter-level step, or UPGrad's T quadratic programs at either level, cost 30–100×
+        the T = 1 step; at T = 1,000 every aggregator 30× or more)."""
+        n, o = len(self.tasks), self.options
+        if getattr(o, "every", 1) > 1 or getattr(o, "subset", None) is not None:
+            return
+        level = getattr(o, "level", "parameters")
+        costly = n >= MANY_TASKS and (level == "parameters" or self.name == "upgrad")
+        if not (costly or n >= 10 * MANY_TASKS):
+            return
+        work = []
+        if level == "parameters":
+            work.append(f"pulls {n} gradients back through the trunk")
+        if self.name == "upgrad":
+            work.append(f"solves {n} quadratic programs of {n} variables")
+        elif self.name != "graddrop":
+            work.append(f"solves on a {n}×{n} Gramian")
+        advice = "train.balancer_options subset: 32 or every: 16 cut that cost a lot"
+        if self.name == "graddrop":  # no weights to reuse or subset
+            advice = (
+                "level: representation is far cheaper"
+                if level == "parameters"
+                else "GradDrop has no every or subset option"
+            )
+        warnings.warn(
+            f"train.balancer: {self.name!r} at level {level!r} with {n} tasks "
+            f"{' and '.join(work)} every step; {advice} (see 'Many tasks: every and subset' in "
+            "docs/balancers.md and benchmarks/many_tasks.py)",
+            PolytaskWarning,
+            stacklevel=3,
+        )
 
     def _new(self, n_tasks: int) -> Any:
         try:
