@@ -36,6 +36,7 @@ bench: install
 	$(PY) benchmarks/stl_ensemble.py --quick --out benchmarks/results/quick/stl_ensemble.json
 	$(PY) benchmarks/many_tasks.py --quick --out benchmarks/results/quick/many_tasks.json
 	$(PY) benchmarks/side_by_side.py --quick --out benchmarks/results/quick/side_by_side.json
+	$(PY) benchmarks/compare_cost.py --quick --out benchmarks/results/quick/compare_cost.json
 
 # Each balancer / train setting / loss detail swapped for a stand-in: some test must fail (~1 min).
 mutants: install

@@ -10,6 +10,7 @@ the machine's speed hits all alike:
   networks separate runs) and ``dropout`` (stacked, all seeds in one ensemble), default workers.
 
     python benchmarks/compare_cost.py --before /tmp/before13 --rounds 2
+    python benchmarks/compare_cost.py --quick    # 2 seeds, one round, this checkout only
 """
 
 from __future__ import annotations
@@ -66,8 +67,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/compare_cost.json"))
+    parser.add_argument("--quick", action="store_true", help="2 seeds, 1 round (make bench)")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.quick:
+        args.seeds, args.rounds = 2, 1
     if args.child:
         package, vectorize, seeds = args.child
         child(package, vectorize, int(seeds))
