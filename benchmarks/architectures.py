@@ -100,14 +100,9 @@ def option_configs(name: str) -> tuple[Config, dict[str, Config], dict[str, dict
     configs["hard_sharing+linear_path"] = matched(base, pre, linear_path=True)
     for arch in MIXTURES:
         configs[arch] = matched(base, pre, architecture=arch)
-    train = base.train
-    configs["per_task"] = base.model_copy(
-        update={"train": train.model_copy(update={"select": "per_task"})}
-    )
-    finetune = FinetuneConfig(lr=train.lr / 10, **FINETUNE)
-    configs["finetune"] = base.model_copy(
-        update={"train": train.model_copy(update={"finetune": finetune})}
-    )
+    configs["per_task"] = base.with_train(select="per_task")
+    finetune = FinetuneConfig(lr=base.train.lr / 10, **FINETUNE)
+    configs["finetune"] = base.with_train(finetune=finetune)
     sizes = {}
     for label, config in configs.items():
         n = _count(config, pre)

@@ -203,7 +203,7 @@ def fit_stl_seeds(
         if not len(own[task.name].train):
             raise DataError(f"task {task.name!r} has no labelled training row")
     configs = {
-        seed: {t.name: stl_config(_seeded(config, seed), t, features) for t in tasks}
+        seed: {t.name: stl_config(config.with_train(seed=seed), t, features) for t in tasks}
         for seed in seeds
     }
     runs: dict[int, dict[str, Run]] = {seed: {} for seed in seeds}
@@ -231,10 +231,6 @@ def fit_stl_seeds(
             for member in members:
                 runs[member.seed][member.task.name] = trained[member.key]
     return {seed: {t.name: runs[seed][t.name] for t in tasks} for seed in seeds}
-
-
-def _seeded(config: Config, seed: int) -> Config:
-    return config.model_copy(update={"train": config.train.model_copy(update={"seed": seed})})
 
 
 # ---- the stacked ensemble -------------------------------------------------------------------

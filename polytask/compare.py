@@ -344,10 +344,7 @@ def _jobs(
     faster than several processes train their shares), one per seed where they are separate
     runs anyway; then one MTL job per seed. The jobs do not depend on the number of workers,
     so neither do the scores (a dropout ensemble's masks depend on its members)."""
-    seeded = [
-        config.model_copy(update={"train": config.train.model_copy(update={"seed": s, **NO_LOG})})
-        for s in seeds
-    ]
+    seeded = [config.with_train(seed=s, **NO_LOG) for s in seeds]
     base = seeded[0] if seeded else config
     stl: list[_MtlJob | _StlJob]
     if sequential_reason(base, vectorize) is None:

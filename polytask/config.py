@@ -474,6 +474,10 @@ class Config(_Section):
             raise ValueError(NO_VALIDATION_TO_SELECT)
         return self
 
+    def with_train(self, **changes: Any) -> Config:
+        """A copy with these ``train`` fields replaced (as ``model_copy``: not validated again)."""
+        return self.model_copy(update={"train": self.train.model_copy(update=changes)})
+
     def to_yaml(self) -> str:
         # DataFrames given from Python are not written: the YAML names files only.
         data = self.model_copy(

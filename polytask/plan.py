@@ -119,9 +119,7 @@ def _groups(config: Config, context: Mapping[str, Any]) -> Config | str:
 
 @register_candidate("per_task", "all-in-one with train.select: per_task (each task's own epoch)")
 def _per_task(config: Config, context: Mapping[str, Any]) -> Config | str:
-    return config.model_copy(
-        update={"train": config.train.model_copy(update={"select": "per_task"})}
-    )
+    return config.with_train(select="per_task")
 
 
 @register_candidate(
@@ -129,9 +127,7 @@ def _per_task(config: Config, context: Mapping[str, Any]) -> Config | str:
 )
 def _finetune(config: Config, context: Mapping[str, Any]) -> Config | str:
     finetune = config.train.finetune or FinetuneConfig(lr=config.train.lr / 10)
-    return config.model_copy(
-        update={"train": config.train.model_copy(update={"finetune": finetune})}
-    )
+    return config.with_train(finetune=finetune)
 
 
 def _architecture(name: str) -> Callable[[Config, Mapping[str, Any]], Config | str]:
@@ -557,9 +553,7 @@ def plan(
                 _Job(
                     name,
                     seed,
-                    variant.model_copy(
-                        update={"train": variant.train.model_copy(update={"seed": seed, **NO_LOG})}
-                    ),
+                    variant.with_train(seed=seed, **NO_LOG),
                     held_back,
                     choice_rows,
                     record=name == ALL_IN_ONE and GROUPS in names,

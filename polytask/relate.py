@@ -670,9 +670,7 @@ def relate(
     steps = recorded = 0
     held_out = "validation"
     for s in range(seeds):
-        cfg = config.model_copy(
-            update={"train": config.train.model_copy(update={"seed": config.train.seed + s})}
-        )
+        cfg = config.with_train(seed=config.train.seed + s)
         if trained:
             run = _record_run(cfg, splits, trained, every=every, callback=callback)
             names, main, held_out = run.tasks, run.main, run.hidden_rows

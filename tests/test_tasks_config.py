@@ -179,3 +179,11 @@ def test_unknown_kind_in_a_yaml_file(tmp_path: Path) -> None:
     path.write_text("data: {train: d.csv}\ntasks:\n  - {name: price, kind: regresion}\n")
     with pytest.raises(pt.ConfigError, match=r"tasks\[0\].kind: 'regresion' is not a task kind"):
         pt.load_config(path)
+
+
+def test_with_train_replaces_train_fields_on_a_copy() -> None:
+    config = pt.Config(data=pt.DataConfig(dataset="yeast"))
+    changed = config.with_train(seed=7, lr=0.5)
+    assert (changed.train.seed, changed.train.lr) == (7, 0.5)
+    assert changed.train.epochs == config.train.epochs and changed.data == config.data
+    assert (config.train.seed, config.train.lr) != (7, 0.5)

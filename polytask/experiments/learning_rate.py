@@ -75,9 +75,7 @@ def sgd_config(
         patience=s["patience"],
         lr=lr,
     )
-    return cfg.model_copy(
-        update={"train": cfg.train.model_copy(update={"optimizer": "sgd", "momentum": 0.9})}
-    )
+    return cfg.with_train(optimizer="sgd", momentum=0.9)
 
 
 def gradient_growth(cfg: Config, splits: Splits, names: Sequence[str], seed: int) -> dict:
@@ -91,9 +89,7 @@ def gradient_growth(cfg: Config, splits: Splits, names: Sequence[str], seed: int
         cardinalities=preprocessor.cardinalities,
         out_dims=preprocessor.output_dims(),
     )
-    early = cfg.model_copy(
-        update={"train": cfg.train.model_copy(update={"epochs": 10, "patience": None})}
-    )
+    early = cfg.with_train(epochs=10, patience=None)
     trained = fit(early, splits=splits)
     trained_data = TaskData.from_frame(splits.train, trained.preprocessor)
     return {
