@@ -64,13 +64,15 @@ class FixedWeights(Balancer):
         self, losses: TaskLossValues, weights: dict[str, float]
     ) -> tuple[Tensor, Tensor | None]:
         """α as a tensor in the order of ``weights`` (the tasks' order, as in the sum above),
-        and the positions of those tasks in ``losses.vector`` unless they are already 0..T-1."""
+        and the positions of those tasks in ``losses.vector`` unless they are already 0..T-1.
+        ``weights`` is ``_present_weights(losses)``, a function of the loss names: they key it."""
         vector = losses.vector
-        key = (losses.names, tuple(weights.items()), vector.device, vector.dtype)
+        key = (losses.names, vector.device, vector.dtype)
         cached = self._weight_cache.get(key)
         if cached is None:
             alpha = torch.tensor(list(weights.values()), dtype=vector.dtype, device=vector.device)
-            positions = [losses.names.index(n) for n in weights]
+            at = {n: i for i, n in enumerate(losses.names)}
+            positions = [at[n] for n in weights]
             gather = None
             if positions != list(range(len(losses.names))):
                 gather = torch.tensor(positions, dtype=torch.long, device=vector.device)
