@@ -950,20 +950,23 @@ def test_fixed_weights_each_loss_by_its_declared_alpha() -> None:
     np.testing.assert_array_equal(vector.grad.numpy(), [3.0, 1.0, 2.0])
 
 
-def test_resume_with_a_random_subset_is_exact(tmp_path) -> None:
-    """The subset draws and the step count are in the checkpoint: 2 + 2 epochs = 4 epochs."""
+def _straight_and_resumed(tmp_path, balancer: str, options: dict, epochs: int, first: int):
+    """The same run trained ``epochs`` epochs straight, and ``first`` epochs then resumed."""
     from synthetic import make_splits
 
     splits = make_splits(make_frame(n=160, seed=9, missing=0.2))
-    options = {"level": "representation", "subset": 3, "seed": 4}
-    config = make_config(tmp_path / "unused.csv", epochs=4, balancer="upgrad")
-    config = config.model_copy(
-        update={"train": config.train.model_copy(update={"balancer_options": options})}
-    )
-    shorter = config.model_copy(update={"train": config.train.model_copy(update={"epochs": 2})})
+    config = make_config(tmp_path / "unused.csv", epochs=epochs, balancer=balancer)
+    config = config.with_train(balancer_options=options)
     straight = pt.fit(config, splits=splits)
-    pt.fit(shorter, splits=splits, out=tmp_path / "run")
+    pt.fit(config.with_train(epochs=first), splits=splits, out=tmp_path / "run")
     resumed = pt.fit(config, splits=splits, out=tmp_path / "run", resume=True)
+    return straight, resumed
+
+
+def test_resume_with_a_random_subset_is_exact(tmp_path) -> None:
+    """The subset draws and the step count are in the checkpoint: 2 + 2 epochs = 4 epochs."""
+    options = {"level": "representation", "subset": 3, "seed": 4}
+    straight, resumed = _straight_and_resumed(tmp_path, "upgrad", options, epochs=4, first=2)
     columns = [c for c in straight.history if c not in ("seconds", "lr")]
     pd.testing.assert_frame_equal(resumed.history[columns], straight.history[columns])
     for a, b in zip(resumed.model.parameters(), straight.model.parameters(), strict=True):
@@ -974,18 +977,8 @@ def test_resume_inside_a_window_of_reused_weights_is_exact(tmp_path) -> None:
     """80 training rows in batches of 32: 3 steps an epoch, so with ``every: 2`` the window of
     steps 2 and 3 spans the end of epoch 1, where the run stops and resumes: its weights are
     in the checkpoint, so step 3 reuses them as the uninterrupted run does."""
-    from synthetic import make_splits
-
-    splits = make_splits(make_frame(n=160, seed=9, missing=0.2))
     options = {"level": "representation", "every": 2}
-    config = make_config(tmp_path / "unused.csv", epochs=3, balancer="upgrad")
-    config = config.model_copy(
-        update={"train": config.train.model_copy(update={"balancer_options": options})}
-    )
-    shorter = config.model_copy(update={"train": config.train.model_copy(update={"epochs": 1})})
-    straight = pt.fit(config, splits=splits)
-    pt.fit(shorter, splits=splits, out=tmp_path / "run")
-    resumed = pt.fit(config, splits=splits, out=tmp_path / "run", resume=True)
+    straight, resumed = _straight_and_resumed(tmp_path, "upgrad", options, epochs=3, first=1)
     losses = [c for c in resumed.history if c.startswith(("train_loss/", "val_loss/"))]
     np.testing.assert_array_equal(
         resumed.history[losses].to_numpy(), straight.history[losses].to_numpy()
@@ -1002,18 +995,8 @@ def test_resume_of_a_stateful_aggregator_is_exact(tmp_path, name: str, options: 
     """GradVac's targets, Nash-MTL's warm start and step count and the solvers' random orders
     (one state per set of present tasks: labels are missing) are in the checkpoint: 1 + 2 epochs
     give the weights and parameters of 3 straight epochs."""
-    from synthetic import make_splits
-
-    splits = make_splits(make_frame(n=160, seed=9, missing=0.2))
-    config = make_config(tmp_path / "unused.csv", epochs=3, balancer=name)
     options = {"level": "representation", **options}
-    config = config.model_copy(
-        update={"train": config.train.model_copy(update={"balancer_options": options})}
-    )
-    shorter = config.model_copy(update={"train": config.train.model_copy(update={"epochs": 1})})
-    straight = pt.fit(config, splits=splits)
-    pt.fit(shorter, splits=splits, out=tmp_path / "run")
-    resumed = pt.fit(config, splits=splits, out=tmp_path / "run", resume=True)
+    straight, resumed = _straight_and_resumed(tmp_path, name, options, epochs=3, first=1)
     columns = [c for c in straight.history if c.startswith(("weight/", "train_loss/", "val_loss/"))]
     assert any(c.startswith("weight/") for c in columns)
     np.testing.assert_array_equal(
