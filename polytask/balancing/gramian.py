@@ -69,9 +69,9 @@ class NashMTL(GramianSolver):
 
     def weights(self, gram: Tensor) -> Tensor:
         if self.step % self.every == 0:
-            g = gram.detach().to(torch.float64, copy=True).cpu()
+            g = _symmetric(gram)
             self.scale = float(g.norm())
-            g = 0.5 * (g + g.T) / self.scale
+            g = g / self.scale
             self.alpha = nash_weights(g, self.alpha, ridge=self.ridge, max_iter=self.max_iter)
         self.step += 1
         return (self.alpha / self.scale**0.5).to(gram.device)
@@ -161,11 +161,11 @@ class FairGrad(GramianSolver):
         self.start = torch.ones(n_tasks, dtype=torch.float64)
 
     def weights(self, gram: Tensor) -> Tensor:
-        g = gram.detach().to(torch.float64, copy=True).cpu()
+        g = _symmetric(gram)
         norm = float(g.norm())
         if norm == 0:
             return torch.zeros(len(g), dtype=gram.dtype, device=gram.device)
-        g = 0.5 * (g + g.T) / norm
+        g = g / norm
         self.start = fair_weights(
             g, self.start, fairness=self.fairness, ridge=self.ridge, max_iter=self.max_iter
         )
@@ -190,12 +190,12 @@ class CAGrad(GramianSolver):
         self.max_iter = max_iter
 
     def weights(self, gram: Tensor) -> Tensor:
-        g = gram.detach().to(torch.float64, copy=True).cpu()
+        g = _symmetric(gram)
         m = len(g)
         trace = g.diagonal().sum()
         if not trace > 0:
             return torch.zeros(m, dtype=gram.dtype, device=gram.device)
-        g = 0.5 * (g + g.T) / trace
+        g = g / trace
         b = g.sum(1) / m
         s = self.c * float(b.sum() / m) ** 0.5
         v = cagrad_step(g, b, s, max_iter=self.max_iter) if s > 0 else torch.zeros(m)
