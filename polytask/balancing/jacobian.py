@@ -52,8 +52,12 @@ class FactoredRows:
     def select(self, rows: Tensor) -> FactoredRows:
         return FactoredRows(self.grads.index_select(1, rows), self.maps.index_select(0, rows))
 
+    def rows(self) -> Tensor:
+        """The rows formed, ``(T, N, d)``."""
+        return torch.einsum("nto,tdo->tnd", self.grads, self.maps)
+
     def dense(self) -> Tensor:
-        return torch.einsum("nto,tdo->tnd", self.grads, self.maps).flatten(1).float()
+        return self.rows().flatten(1).float()
 
     def nonzero(self) -> Tensor:
         """Which rows are not exactly zero (their squared norm, in float64, is positive)."""
@@ -185,7 +189,7 @@ def _jacobian_from_outputs(
         if factor and _factoring_pays(g, maps):
             return FactoredRows(g, maps), task_grads
         # linear heads: ∂L_i/∂z = g_i W_iᵀ, one einsum for all tasks
-        return torch.einsum("nto,tdo->tnd", g, maps).to(features.dtype), task_grads
+        return FactoredRows(g, maps).rows().to(features.dtype), task_grads
     eye = torch.eye(len(slots), dtype=g.dtype, device=g.device)
     cotangents = torch.zeros(len(slots), *outputs.shape, dtype=g.dtype, device=g.device)
     cotangents[:, :, index] = g.unsqueeze(0) * eye[:, None, :, None]
