@@ -124,8 +124,8 @@ def sequential_reason(config: Config, vectorize: Vectorize = "exact") -> str | N
         return f"model.architecture {model.architecture!r} (only hard_sharing is stacked)"
     if model.norm == "batch":
         return "model.norm 'batch' keeps running statistics per batch"
-    if model.dropout > 0 and vectorize == "exact":
-        return "model.dropout > 0 draws other random masks than separate runs"
+    if model.dropout > 0 and vectorize == "exact" and resolve_device(train.device).type != "cpu":
+        return "model.dropout > 0 off the CPU (separate runs draw their masks on the device)"
     if train.balancer not in ONE_TASK_PLAIN_GRADIENT:
         return f"train.balancer {train.balancer!r} changes a single task's step"
     if train.amp:
@@ -152,12 +152,13 @@ def fit_stl(
     ``vectorize``: ``"exact"`` (default) trains networks of equal parameter shapes as one
     stacked ensemble, each member on its own rows, batch order, optimizer state, learning rate
     and early stopping, which gives the networks and scores of separate ``fit`` runs with the
-    same seed up to float rounding. It falls back to separate runs (``sequential_reason`` says
-    why) for dropout (other random masks), batch norm, architectures other than
-    ``hard_sharing``, config signals, AMP, ``torchrun``, and balancers that change a single
-    task's step (``ONE_TASK_PLAIN_GRADIENT``); a network whose shape no other shares is fitted
-    alone. ``"dropout"`` also stacks networks with dropout: each member draws its own masks,
-    so they are STL networks with the same distribution, not the separate runs' draws.
+    same seed up to float rounding; with dropout, each member draws its masks from its own
+    copy of the generator state its separate run would train from, so the masks are that
+    run's. It falls back to separate runs (``sequential_reason`` says why) for batch norm,
+    architectures other than ``hard_sharing``, config signals, AMP, ``torchrun``, and
+    balancers that change a single task's step (``ONE_TASK_PLAIN_GRADIENT``); a network whose
+    shape no other shares is fitted alone. ``"dropout"`` stacks the same networks but lets
+    ``vmap`` draw each member's masks (same distribution, other draws than separate runs).
     ``"off"`` always fits separately. ``on_task(task)`` is called as each network starts
     (for an ensemble, for all its members at its start).
     """
@@ -227,7 +228,7 @@ def fit_stl_seeds(
             member = members[0]
             runs[member.seed][member.task.name] = fit(member.config, splits=own[member.task.name])
         else:
-            trained = _Ensemble(members, config.train, dropout=vectorize == "dropout").fit()
+            trained = _Ensemble(members, config.train, own_masks=vectorize == "exact").fit()
             for member in members:
                 runs[member.seed][member.task.name] = trained[member.key]
     return {seed: {t.name: runs[seed][t.name] for t in tasks} for seed in seeds}
@@ -245,6 +246,8 @@ class _Member:
     preprocessor: Preprocessor
     data: dict[str, TaskData]
     model: MultiTaskModel
+    #: torch's generator state as the separate run starts training (its dropout draws)
+    rng: Tensor | None = None
 
     def __post_init__(self) -> None:
         self.seed = self.config.train.seed
@@ -269,7 +272,8 @@ def _members(
             preprocessor, encoded = prepared[task.name]
             config = by_task[task.name]
             model = seeded_model(config, preprocessor)
-            members.append(_Member(task, config, preprocessor, encoded, model))
+            rng = torch.get_rng_state()  # fit draws nothing else before its first step
+            members.append(_Member(task, config, preprocessor, encoded, model, rng))
     return members
 
 
@@ -519,7 +523,7 @@ class _Ensemble:
     best weights and early stopping. A member that stops leaves the stack with its best
     weights; the others go on. ``train`` holds what the members share (all but the seed)."""
 
-    def __init__(self, members: list[_Member], train: TrainConfig, *, dropout: bool) -> None:
+    def __init__(self, members: list[_Member], train: TrainConfig, *, own_masks: bool) -> None:
         self.created = time.perf_counter()  # stacking counts as training time
         # Most rows first: the members that still have a batch at a step are then a prefix of
         # the stack, which the step slices instead of computing (and masking) all of them.
@@ -536,12 +540,25 @@ class _Ensemble:
         self.buffers = {k: b.to(self.device) for k, b in buffers.items()}
         self.base = copy.deepcopy(models[0]).to("meta")
         self.best = [p.detach().clone() for p in self.params]  # by member, all of them
+        # dropout: each member's masks drawn as its separate run draws them (own_masks), from
+        # a copy of the generator state that run trains from; else vmap draws them
+        self.dropouts = _dropouts(models[0], members[0].data["train"]) if own_masks else []
+        self.given = [_GivenMask.replace(self.base, name) for name, _, _ in self.dropouts]
+        self.rngs = [_generator(m.rng) for m in members] if self.dropouts else []
 
-        def forward(params: list[Tensor], buffers: dict, x_num: Tensor, x_cat: Tensor) -> Tensor:
+        def forward(
+            params: list[Tensor], buffers: dict, x_num: Tensor, x_cat: Tensor, masks: tuple
+        ) -> Tensor:
             state = {**dict(zip(self.keys, params, strict=True)), **buffers}
-            return functional_call(self.base, state, (x_num, x_cat), {"packed": True})
+            for module, mask in zip(self.given, masks, strict=False):
+                module.mask = mask
+            try:
+                return functional_call(self.base, state, (x_num, x_cat), {"packed": True})
+            finally:
+                for module in self.given:
+                    module.mask = None
 
-        self.forward = vmap(forward, randomness="different" if dropout else "error")
+        self.forward = vmap(forward, randomness="error" if own_masks else "different")
         self.alphas = torch.tensor([m.task.weight for m in members], device=self.device)
         self.logged_weight = {  # what the balancer reports for a lone task (history only)
             m.key: m.task.weight if train.balancer == "fixed" else 1.0 for m in members
@@ -644,7 +661,8 @@ class _Ensemble:
             x_num, x_cat, targets, masks = self.train_rows.take(index.clamp_min(0), valid)
             params = [p[:k] for p in self.params]
             buffers = {name: b[:k] for name, b in self.buffers.items()}
-            packed = self.forward(params, buffers, x_num, x_cat)  # (k, B, 1, o)
+            noise = self._noise(valid) if self.dropouts else ()
+            packed = self.forward(params, buffers, x_num, x_cat, noise)  # (k, B, 1, o)
             losses = self._losses(k)(packed[:, :, 0].transpose(0, 1).float(), targets, masks)
             (losses.vector * self.live_alphas[:k]).sum().backward()
             if cfg.grad_clip is not None:
@@ -654,6 +672,19 @@ class _Ensemble:
                 p.grad = None
             loss_sum[:k] += losses.vector.detach()
         return loss_sum.cpu() / self.steps_per_epoch
+
+    def _noise(self, valid: Tensor) -> tuple[Tensor, ...]:
+        """The dropout masks of the first ``len(valid)`` live members for one step, one
+        ``(k, B, …)`` tensor per dropout layer: member j's first rows (its batch) hold the scaled
+        Bernoulli noise ``torch.nn.functional.dropout`` draws on the CPU, drawn in its forward
+        order from the member's generator; padding rows hold ones."""
+        k, width = valid.shape
+        masks = [torch.ones((k, width, *shape)) for _, _, shape in self.dropouts]
+        for j, (i, n) in enumerate(zip(self.live[:k], valid.sum(1).tolist(), strict=True)):
+            for mask, (_, p, shape) in zip(masks, self.dropouts, strict=True):
+                noise = torch.empty((n, *shape)).bernoulli_(1 - p, generator=self.rngs[i])
+                mask[j, :n] = noise.div_(1 - p)
+        return tuple(m.to(self.device) for m in masks)
 
     def _losses(self, k: int) -> TaskLosses:
         """The losses of the first ``k`` live members."""
@@ -689,7 +720,7 @@ class _Ensemble:
             index = index.expand(len(rows.names), -1)
             valid = index < lengths
             x_num, x_cat, targets, masks = rows.take(torch.where(valid, index, 0), valid)
-            packed = self.forward(params, buffers, x_num, x_cat)
+            packed = self.forward(params, buffers, x_num, x_cat, ())
             losses = self.val_losses(packed[:, :, 0].transpose(0, 1).float(), targets, masks)
             n = rows.label_counts(masks).double().cpu()
             totals += losses.vector.double().cpu() * n
@@ -816,6 +847,64 @@ class _Ensemble:
             **{name: run.score(data) for name, data in member.data.items() if name != "train"},
         }
         return run
+
+
+def _generator(state: Tensor | None) -> torch.Generator:
+    """A CPU generator in ``state``."""
+    assert state is not None, "a member built outside _members has no generator state"
+    generator = torch.Generator()
+    generator.set_state(state)
+    return generator
+
+
+class _GivenMask(torch.nn.Module):
+    """A dropout layer's stand-in inside the ensemble: in training it multiplies by ``mask``,
+    set for each call (``x * noise`` is what dropout computes on the CPU, the noise drawn
+    outside); in evaluation it passes ``x`` through, as dropout does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mask: Tensor | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training:
+            return x
+        assert self.mask is not None
+        return x * self.mask
+
+    @classmethod
+    def replace(cls, model: torch.nn.Module, name: str) -> _GivenMask:
+        """Put a stand-in in place of ``model``'s submodule ``name``."""
+        parent, _, child = name.rpartition(".")
+        given = cls()
+        setattr(model.get_submodule(parent), child, given)
+        return given
+
+
+def _dropouts(model: torch.nn.Module, data: TaskData) -> list[tuple[str, float, tuple]]:
+    """``model``'s dropout layers in the order one training forward calls them: (name, p, the
+    shape of one row of its input), from one forward on a row of ``data`` with torch's
+    generator state put back (a layer the forward never calls, or with p = 0, draws nothing)."""
+    names = {
+        id(m): (n, m.p) for n, m in model.named_modules() if isinstance(m, torch.nn.Dropout)
+    }
+    if not names:
+        return []
+    order: list[tuple[str, float, tuple]] = []
+
+    def record(module: torch.nn.Module, args: tuple) -> None:
+        order.append((*names[id(module)], tuple(args[0].shape[1:])))
+
+    hooks = [m.register_forward_pre_hook(record) for m in model.modules() if id(m) in names]
+    try:
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            model(data.x_num[:1], data.x_cat[:1], packed=True)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    if len({name for name, _, _ in order}) < len(order) or any(p >= 1 for _, p, _ in order):
+        raise RunError("the STL ensemble expects each dropout layer at most once per forward")
+    return [(name, p, shape) for name, p, shape in order if p > 0]
 
 
 def _task_losses(members: Sequence[_Member]) -> TaskLosses:

@@ -83,6 +83,14 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "patience": 4,
         "epochs": 10,
     },
+    # dropout in the trunk's two layers and in the heads' hidden layer: each member draws the
+    # masks of its separate run
+    "dropout": {
+        "epochs": 10,
+        "patience": 2,
+        "lr": 3e-2,
+        "model": {"shared": [16, 12], "head": [8], "dropout": 0.3},
+    },
 }
 
 
@@ -178,13 +186,14 @@ def _seeded(config: pt.Config, seed: int) -> pt.Config:
     return config.model_copy(update={"train": config.train.model_copy(update={"seed": seed})})
 
 
-def test_several_seeds_in_one_ensemble_train_each_seeds_networks() -> None:
+@pytest.mark.parametrize("setting", ["adam", "dropout"])
+def test_several_seeds_in_one_ensemble_train_each_seeds_networks(setting: str) -> None:
     """Each seed's networks, histories, stopping epochs and scores are those of ``fit_stl`` for
     that seed alone and of its separate runs, though members of every seed stop at their own
-    epochs in one stack."""
+    epochs in one stack (with dropout, each draws its own seed's masks)."""
     frame = _frame(260, seed=3, missing={"price": 0.1, "sold": 0.55, "visits": 0.3})
     splits = make_splits(frame[FEATURES + ["price", "sold", "visits"]], validation=50, test=50)
-    config = make_config("unused.csv", [PRICE, SOLD, VISITS], batch_size=32, **SETTINGS["adam"])
+    config = make_config("unused.csv", [PRICE, SOLD, VISITS], batch_size=32, **SETTINGS[setting])
     seeds = [5, 9, 2]
 
     together = fit_stl_seeds(config, splits, seeds)
@@ -215,7 +224,7 @@ def test_each_seed_draws_its_own_initial_weights_and_batch_orders() -> None:
         s: {t.name: stl_config(_seeded(config, s), t, features) for t in (PRICE, SOLD)}
         for s in (0, 1)
     }
-    ensemble = _Ensemble(_members([PRICE, SOLD], configs, own), config.train, dropout=False)
+    ensemble = _Ensemble(_members([PRICE, SOLD], configs, own), config.train, own_masks=True)
     orders = ensemble._orders().tolist()
     initial = dict(zip(ensemble.keys, ensemble.params, strict=True))
     for k, member in enumerate(ensemble.members):
@@ -277,7 +286,7 @@ def test_tasks_of_several_shapes_stack_across_seeds() -> None:
 
 def test_several_seeds_fall_back_to_separate_runs_as_one_seed_does() -> None:
     splits = make_splits(make_frame(n=120, seed=1)[FEATURES + ["price", "sold"]])
-    config = make_config("unused.csv", [PRICE, SOLD], epochs=1, model={"dropout": 0.2})
+    config = make_config("unused.csv", [PRICE, SOLD], epochs=1, model={"norm": "batch"})
     runs = fit_stl_seeds(config, splits, [0, 1])
     assert all(not _stacked(by_task) for by_task in runs.values())
     assert [runs[s]["price"].config.train.seed for s in (0, 1)] == [0, 1]
@@ -289,7 +298,6 @@ def test_several_seeds_fall_back_to_separate_runs_as_one_seed_does() -> None:
 @pytest.mark.parametrize(
     ("model", "train", "reason"),
     [
-        ({"dropout": 0.2}, {}, "dropout"),
         ({"norm": "batch"}, {}, "norm"),
         ({}, {"balancer": "uncertainty"}, "balancer"),
         ({}, {"amp": True}, "amp"),
