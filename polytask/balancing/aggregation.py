@@ -44,10 +44,10 @@ from torch import Tensor, nn
 from ..errors import ConfigError, PolytaskWarning
 from ..models.multitask import MultiTaskModel
 from .base import Balancer, register_balancer
+from .gramian import BatchedProjector, GramianSolver
 from .gramian import CAGrad as _CAGrad
 from .gramian import FairGrad as _FairGrad
 from .gramian import GradVac as _GradVac
-from .gramian import GramianSolver
 from .gramian import NashMTL as _NashMTL
 from .gramian import PCGrad as _PCGrad
 from .jacobian import (
@@ -89,13 +89,12 @@ class _Aggregation(Balancer):
     needs_features = True
     sets_grads = True
     Options: ClassVar[type[BaseModel]] = AggregatorOptions
-    extra: ClassVar[str] = ""  # the torchjd extra its solver needs, if any
 
     def __init__(self, tasks, options=None) -> None:
         super().__init__(tasks, options)
         self._warn_if_many()
         self._aggregators: dict[tuple[bool, ...], Any] = {}
-        self._template = self._new(len(self.tasks))  # fails at construction without a solver
+        self._template = self._new(len(self.tasks))  # the one ``_cap`` asks
         self._steps = 0
         # present tasks → (window, rows of the present tasks weighted, their weights)
         self._reused: dict[tuple[bool, ...], tuple[int, Tensor, Tensor]] = {}
@@ -140,13 +139,7 @@ class _Aggregation(Balancer):
         )
 
     def _new(self, n_tasks: int) -> Any:
-        try:
-            return self._make(n_tasks)
-        except ImportError as exc:
-            raise ConfigError(
-                f"train.balancer: {self.name!r} needs a solver that is not installed ({exc}); "
-                f"install it with: pip install 'torchjd[{self.extra}]'"
-            ) from None
+        return self._make(n_tasks)
 
     def _aggregator(self, present: list[bool]) -> Any:
         # Stateful aggregators (GradVac, Nash-MTL) keep one state per set of present tasks.
@@ -372,7 +365,7 @@ def _rows(features: Tensor, joint: list[Tensor], jac_z: Tensor) -> Tensor:
 
 
 def _aggregator(
-    name: str, description: str, reference: str, options: type[BaseModel], extra: str = ""
+    name: str, description: str, reference: str, options: type[BaseModel]
 ) -> Callable[[Callable[[Any, int], Any]], type[_Aggregation]]:
     """Register an aggregation balancer whose torchjd aggregator ``make(options, T)`` builds."""
 
@@ -385,7 +378,6 @@ def _aggregator(
                 "description": description,
                 "reference": reference,
                 "Options": options,
-                "extra": extra,
                 "_make": lambda self, n: make(self.options, n),
                 "__doc__": make.__doc__,
                 "__module__": __name__,
@@ -539,13 +531,14 @@ def AlignedMTL(o: AlignedMTLOptions, n: int) -> Any:
     "mean of task gradients each projected onto the dual cone",
     "Quinton & Rey 2024",
     AggregatorOptions,
-    extra="quadprog_projector",
 )
 def UPGrad(o: AggregatorOptions, n: int) -> Any:
-    """Unconflicting projection of gradients (Jacobian descent)."""
+    """Unconflicting projection of gradients (Jacobian descent): torchjd's aggregator with
+    polytask's projector, all T projections solved at once in torch
+    (``gramian.BatchedProjector``) instead of one quadprog program per task."""
     from torchjd.aggregation import UPGrad
 
-    return UPGrad()
+    return UPGrad(projector=BatchedProjector())
 
 
 class FairGradOptions(AggregatorOptions):

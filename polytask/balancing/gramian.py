@@ -1,5 +1,5 @@
 """Aggregation weights computed in torch from the T×T Gramian G = JJᵀ alone: Nash-MTL, CAGrad,
-FairGrad, PCGrad and GradVac.
+FairGrad, PCGrad and GradVac, and UPGrad's projections (``BatchedProjector``).
 
 Nash-MTL and CAGrad replace torchjd's cvxpy solves (ECOS, CLARABEL) with small dense iterations
 in float64 on the Gramian, keeping torchjd's conventions (Gramian normalization, Nash-MTL's
@@ -10,7 +10,10 @@ Nash-MTL (its α = 1 case). PCGrad and GradVac replace torchjd's loops over task
 T − 1 steps vectorized over the tasks (weight space: row i of W holds g_i' = Σ_k W[i,k] g_k),
 in a random order drawn from a seeded generator; their weights agree with torchjd's where the
 order cannot matter (two tasks). Stateful solvers give their state as tensors
-(``state_dict``), so that a resumed run continues exactly.
+(``state_dict``), so that a resumed run continues exactly. ``BatchedProjector`` replaces the
+T quadprog programs of torchjd's UPGrad (one per task, in a Python loop) with one batched
+active-set iteration over all of them, keeping torchjd's normalization and regularization,
+so the weights agree with quadprog's to float64 rounding (``tests/test_upgrad_projector.py``).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from collections.abc import Mapping
 
 import torch
 from torch import Tensor
+from torchjd.linalg import DualConeProjector
 
 
 class GramianSolver:
@@ -364,3 +368,175 @@ def _orders(n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
     keys.fill_diagonal_(2.0)  # i sorts last, then is dropped
     order = keys.argsort(1)[:, :-1].T.contiguous()
     return order, order + torch.arange(n) * n
+
+
+class BatchedProjector(DualConeProjector):
+    """UPGrad's projection (torchjd's ``DualConeProjector``) solved in torch for all rows of U
+    at once: for each row u, v = argmin vᵀGv s.t. v ≥ u, with G normalized by its trace (to 0
+    when the trace is under ``norm_eps``) and ``reg_eps``·I added, as torchjd's
+    ``QuadprogProjector`` does (same defaults), so the weights agree with it.
+
+    With v = u + d, d ≥ 0 minimizes ½dᵀGd + dᵀGu: KKT λ = G(u + d) ≥ 0, λ_j d_j = 0. V = U is
+    the answer where GU ≥ 0 (no conflict; checked first, one product). Otherwise a primal–dual
+    active set (semi-smooth Newton) iteration over the rows still open: on the free set F,
+    G_FF d_F = −(Gu)_F, d = 0 off F; F ← {j ∈ F: d_j > 0} ∪ {j ∉ F: λ_j < 0}. The reduced
+    systems are gathered into batches padded to a power of two ≥ |F| (padding = identity) and
+    solved by batched Cholesky, O(Σ_rows |F|³) per step. A row stops when d_F ≥ −tol·‖u‖_∞ and
+    λ ≥ −tol·‖G‖_max‖u‖_∞ off F (complementarity holds by construction); rows open after
+    ``max_iter`` steps (the iteration may cycle on a G that is not an M-matrix) are finished by
+    Lawson–Hanson's monotone active set (``_active_set``), one row at a time."""
+
+    def __init__(
+        self,
+        *,
+        norm_eps: float = 1e-4,
+        reg_eps: float = 1e-4,
+        max_iter: int = 20,
+        tol: float = 1e-12,
+    ) -> None:
+        if norm_eps < 0 or reg_eps < 0:
+            raise ValueError(f"norm_eps and reg_eps must be ≥ 0, got {norm_eps}, {reg_eps}")
+        self.norm_eps = norm_eps
+        self.reg_eps = reg_eps
+        self.max_iter = max_iter
+        self.tol = tol
+
+    def __repr__(self) -> str:
+        return f"BatchedProjector(norm_eps={self.norm_eps}, reg_eps={self.reg_eps})"
+
+    def __call__(self, U: Tensor, G: Tensor) -> Tensor:
+        g = _symmetric(G)
+        trace = float(g.diagonal().sum())
+        g = g / trace if trace >= self.norm_eps else torch.zeros_like(g)
+        u = U.detach().to(device="cpu", dtype=torch.float64).reshape(-1, len(g))
+        v = project_dual_cone(g, u, reg=self.reg_eps, max_iter=self.max_iter, tol=self.tol)
+        return v.reshape(U.shape).to(dtype=G.dtype, device=G.device)
+
+
+def project_dual_cone(gram: Tensor, u: Tensor, *, reg: float, max_iter: int, tol: float) -> Tensor:
+    """V with row i = argmin vᵀ(G + reg·I)v s.t. v ≥ u_i, for G symmetric PSD (float64) and
+    G + reg·I positive definite; the iteration of ``BatchedProjector``."""
+    g = gram + reg * torch.eye(len(gram), dtype=gram.dtype)
+    gu = u @ g  # row i: (G u_i)ᵀ
+    s_d = tol * u.abs().amax(1, keepdim=True)
+    s_lam = s_d * float(g.abs().max())
+    free = gu < -s_lam
+    v = u.clone()
+    rows = free.any(1).nonzero().squeeze(1)  # the rows in conflict
+    c, f = gu[rows], free[rows]
+    seen: Tensor | None = None  # each open row's free sets so far: a repeat is a cycle
+    factor: Tensor | None = None
+    stuck: list[tuple[int, Tensor]] = []
+    for _ in range(max_iter):
+        if len(rows) == 0:
+            break
+        if factor is None and reg > 0 and _cholesky_cost(f) > 8 * len(g) ** 3:
+            factor = _low_rank(gram)
+        if factor is not None and _woodbury_cost(factor, f) < _cholesky_cost(f):
+            d = _woodbury_solve(factor, reg, c, f)
+        else:
+            d = _reduced_solve(g, c, f)
+        lam = c + d @ g
+        done = ((d >= -s_d[rows]) | ~f).all(1) & ((lam >= -s_lam[rows]) | f).all(1)
+        v[rows[done]] += d[done].clamp(min=0)
+        seen = f[None] if seen is None else torch.cat([seen, f[None]])
+        f = (f & (d > 0)) | (~f & (lam < 0))
+        cycle = ~done & (seen == f).all(2).any(0)
+        stuck += list(zip(rows[cycle].tolist(), c[cycle], strict=True))
+        keep = ~done & ~cycle
+        rows, c, f, seen = rows[keep], c[keep], f[keep], seen[:, keep]
+    for r, c_r in stuck + list(zip(rows.tolist(), c, strict=True)):
+        v[r] += _active_set(g, c_r, tol=float(s_lam[r]), max_iter=3 * len(g) + 10)
+    return v
+
+
+def _padded(free: Tensor) -> Tensor:
+    """Each row's free-set size rounded up to a power of two (0 for none): its padded size."""
+    size = free.sum(1)
+    return torch.where(size > 0, 2 ** size.clamp(min=1).double().log2().ceil(), 0).long()
+
+
+def _cholesky_cost(free: Tensor) -> float:
+    return float((_padded(free).double().clamp(max=free.shape[1]) ** 3).sum() / 3)
+
+
+def _woodbury_cost(factor: Tensor, free: Tensor) -> float:
+    n, r = free.shape[1], factor.shape[1]
+    return len(free) * (n * r * (r + 2) + r**3 / 3)
+
+
+def _low_rank(gram: Tensor) -> Tensor:
+    """A (T × r) with AAᵀ = G up to its eigenvalues under 1e-13·max (float64 rounding)."""
+    values, vectors = torch.linalg.eigh(gram)
+    keep = values > 1e-13 * float(values[-1].clamp(min=_TINY))
+    return vectors[:, keep] * values[keep].sqrt()
+
+
+def _woodbury_solve(factor: Tensor, reg: float, c: Tensor, free: Tensor) -> Tensor:
+    """``_reduced_solve`` for G = AAᵀ with A of r columns (few): on F, (reg·I + A_F A_Fᵀ)⁻¹b =
+    (b − A_F (reg·I + A_FᵀA_F)⁻¹ A_Fᵀb)/reg, with A_FᵀA_F = Σ_{j∈F} a_j a_jᵀ for all rows in one
+    product; O(T r²) a row."""
+    n, r = factor.shape
+    mask = free.to(factor.dtype)
+    b = torch.where(free, -c, 0.0)
+    outer = (factor[:, :, None] * factor[:, None, :]).reshape(n, r * r)
+    m = (mask @ outer).reshape(-1, r, r) + reg * torch.eye(r, dtype=factor.dtype)
+    y = torch.linalg.solve(m, (b @ factor).unsqueeze(2)).squeeze(2)
+    return (b - mask * (y @ factor.T)) / reg
+
+
+def _reduced_solve(gram: Tensor, c: Tensor, free: Tensor) -> Tensor:
+    """Rows d with G_FF d_F = −c_F on each row's free set F (``free``), 0 elsewhere: batched
+    Cholesky, rows grouped by |F| rounded up to a power of two, padded with identity."""
+    d = torch.zeros_like(c)
+    size, padded = free.sum(1), _padded(free)
+    for p in padded.unique().tolist():
+        if p == 0:
+            continue
+        rows = (padded == p).nonzero().squeeze(1)
+        k = min(p, len(gram))
+        idx = torch.argsort((~free[rows]).to(torch.int8), dim=1, stable=True)[:, :k]
+        valid = torch.arange(k) < size[rows, None]
+        mask = valid[:, :, None] & valid[:, None, :]
+        eye = torch.eye(k, dtype=gram.dtype)
+        block = torch.where(mask, gram[idx[:, :, None], idx[:, None, :]], eye)
+        rhs = torch.where(valid, -c[rows].gather(1, idx), 0.0)
+        chol, info = torch.linalg.cholesky_ex(block)
+        if bool((info > 0).any()):  # not positive definite (reg_eps = 0): least squares
+            sol = torch.linalg.lstsq(block, rhs.unsqueeze(2)).solution.squeeze(2)
+        else:
+            sol = torch.cholesky_solve(rhs.unsqueeze(2), chol).squeeze(2)
+        part = torch.zeros(len(rows), c.shape[1], dtype=c.dtype)
+        part.scatter_add_(1, idx, torch.where(valid, sol, 0.0))
+        d[rows] = part
+    return d
+
+
+def _active_set(gram: Tensor, c: Tensor, *, tol: float, max_iter: int) -> Tensor:
+    """d ≥ 0 minimizing ½dᵀGd + cᵀd by Lawson–Hanson's active set (monotone, finite): free the
+    most negative λ = c + Gd, solve on the free set, step back to feasibility when needed."""
+    m = len(c)
+    d = torch.zeros(m, dtype=gram.dtype)
+    free = torch.zeros(m, dtype=torch.bool)
+    for _ in range(max_iter):
+        lam = torch.where(free, torch.inf, c + gram @ d)
+        j = int(lam.argmin())
+        if not float(lam[j]) < -tol:
+            break
+        free[j] = True
+        for _ in range(m):
+            idx = free.nonzero().squeeze(1)
+            z = torch.linalg.lstsq(gram[idx][:, idx], -c[idx].unsqueeze(1)).solution.squeeze(1)
+            if bool((z > 0).all()):
+                d.zero_()
+                d[idx] = z
+                break
+            cur = d[idx]
+            neg = z <= 0
+            step = float((cur[neg] / (cur[neg] - z[neg]).clamp(min=_TINY)).min())
+            d[idx] = cur + step * (z - cur)
+            free &= d > 0
+            d[~free] = 0
+            if not bool(free.any()):
+                break
+    return d
