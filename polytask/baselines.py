@@ -266,12 +266,14 @@ def _members(
     ``fit`` seeds it."""
     first = next(iter(configs.values()))
     prepared = {t.name: prepare(first[t.name], own[t.name], [t]) for t in tasks}
+    # on the CPU nothing draws from the devices' generators: seeding them is cost alone
+    cpu = resolve_device(first[tasks[0].name].train.device).type == "cpu"
     members = []
     for by_task in configs.values():
         for task in tasks:
             preprocessor, encoded = prepared[task.name]
             config = by_task[task.name]
-            model = seeded_model(config, preprocessor)
+            model = seeded_model(config, preprocessor, cpu_only=cpu)
             rng = torch.get_rng_state()  # fit draws nothing else before its first step
             members.append(_Member(task, config, preprocessor, encoded, model, rng))
     return members
@@ -677,13 +679,14 @@ class _Ensemble:
         """The dropout masks of the first ``len(valid)`` live members for one step, one
         ``(k, B, …)`` tensor per dropout layer: member j's first rows (its batch) hold the scaled
         Bernoulli noise ``torch.nn.functional.dropout`` draws on the CPU, drawn in its forward
-        order from the member's generator; padding rows hold ones."""
+        order from the member's generator; padding rows hold 1 / (1 − p)."""
         k, width = valid.shape
         masks = [torch.ones((k, width, *shape)) for _, _, shape in self.dropouts]
         for j, (i, n) in enumerate(zip(self.live[:k], valid.sum(1).tolist(), strict=True)):
-            for mask, (_, p, shape) in zip(masks, self.dropouts, strict=True):
-                noise = torch.empty((n, *shape)).bernoulli_(1 - p, generator=self.rngs[i])
-                mask[j, :n] = noise.div_(1 - p)
+            for mask, (_, p, _) in zip(masks, self.dropouts, strict=True):
+                mask[j, :n].bernoulli_(1 - p, generator=self.rngs[i])  # a contiguous block
+        for mask, (_, p, _) in zip(masks, self.dropouts, strict=True):
+            mask.div_(1 - p)
         return tuple(m.to(self.device) for m in masks)
 
     def _losses(self, k: int) -> TaskLosses:

@@ -649,11 +649,20 @@ def prepare(
 
 
 def seeded_model(
-    config: Config, preprocessor: Preprocessor, *, trunk: Trunk | None = None
+    config: Config,
+    preprocessor: Preprocessor,
+    *,
+    trunk: Trunk | None = None,
+    cpu_only: bool = False,
 ) -> MultiTaskModel:
     """``config.model`` for the encoded inputs and tasks of ``preprocessor``, initialized from
-    ``train.seed`` (every trainer of the config starts from the same weights)."""
-    torch.manual_seed(config.train.seed)
+    ``train.seed`` (every trainer of the config starts from the same weights). The weights are
+    drawn on the CPU; ``cpu_only`` seeds that generator alone, not the devices' (which a run's
+    dropout draws from on a GPU), and skips their cost (about 0.4 ms a call)."""
+    if cpu_only:
+        torch.random.default_generator.manual_seed(config.train.seed)
+    else:
+        torch.manual_seed(config.train.seed)
     return build_model(
         config.model,
         n_numeric=preprocessor.n_numeric,
