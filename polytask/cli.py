@@ -264,8 +264,9 @@ def compare(
     ),
     stl_ensemble: str = typer.Option(
         "exact",
-        help="How the STL networks train: exact (stacked where that reproduces separate runs), "
-        "dropout (stacked with dropout too, each network its own masks) or off (one by one).",
+        help="How the STL networks train: exact (stacked where that reproduces separate runs, "
+        "dropout masks included), dropout (stacked, vmap drawing other masks) or off (one by "
+        "one).",
     ),
     workers: int = typer.Option(
         None,

@@ -368,8 +368,9 @@ def compare(
     score both on the test split. Seed ``s`` sets ``train.seed`` (init and batch order); the
     split stays fixed. Signals are applied once; their tasks are auxiliary (no baseline) except
     the main ``horizons`` tasks, so with one main task STL is the no-signal model.
-    ``stl_vectorize``: how ``fit_stl`` trains the STL networks (``"dropout"`` stacks them even
-    with dropout, each drawing its own masks: 5× faster on School's 160 networks).
+    ``stl_vectorize``: how ``fit_stl`` trains the STL networks (``"exact"``: stacked, each
+    network as its separate run trains it, dropout masks included; ``"dropout"``: stacked with
+    other dropout draws; ``"off"``: one by one).
     ``workers``: processes that train the jobs (each seed's MTL model; the STL networks of all
     seeds as one stacked job, or one per seed where they are fitted run by run), one torch
     thread each (default: one per core, at most one per job; 1 on a GPU); the scores do not

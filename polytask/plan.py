@@ -88,8 +88,10 @@ def register_candidate(
 STL, ALL_IN_ONE, GROUPS = "stl", "all_in_one", "groups"
 #: Trained whatever the budget: the baseline and the config as written.
 REQUIRED = (STL, ALL_IN_ONE)
-#: How plan trains its STL networks (``baselines.fit_stl``): stacked into one ensemble even
-#: with dropout (each network draws its own masks), which makes many tasks affordable.
+#: How plan trains its STL networks (``baselines.fit_stl``): stacked into one ensemble, each
+#: network's dropout masks drawn by ``vmap`` (the mode plan's recorded results used; since the
+#: exact mode stacks dropout networks too at about the same cost, ``"exact"`` would now
+#: reproduce separate runs instead).
 STL_VECTORIZE = "dropout"
 
 

@@ -216,7 +216,7 @@ def test_compare_trains_its_stl_networks_as_told(
     frame = make_frame(160, seed=21)
     frame.to_csv(tmp_path / "t.csv", index=False)
     tasks = [t for t in ALL_TASKS if t.name in ("price", "sold")]
-    config = make_config(tmp_path / "t.csv", tasks, model={"dropout": 0.2}, epochs=2)
+    config = make_config(tmp_path / "t.csv", tasks, model={"norm": "batch"}, epochs=2)
     asked: list[tuple[str, list[int]]] = []
     real = compare_module.fit_stl_seeds
 
@@ -228,10 +228,13 @@ def test_compare_trains_its_stl_networks_as_told(
 
     monkeypatch.setattr(compare_module, "fit_stl_seeds", fit_stl_seeds)
     splits = make_splits(frame)
-    pt.compare(config, seeds=[3, 4], splits=splits, stl_vectorize="dropout", workers=1)
     pt.compare(config, seeds=[3, 4], splits=splits, workers=1)
-    # stacked: both seeds in one ensemble; exact falls back (dropout): one job per seed
-    assert asked == [("dropout", [3, 4]), ("exact", [3]), ("exact", [4])]
+    model = config.model.model_copy(update={"norm": "none", "dropout": 0.2})
+    with_dropout = config.model_copy(update={"model": model})
+    pt.compare(with_dropout, seeds=[3, 4], splits=splits, stl_vectorize="dropout", workers=1)
+    pt.compare(with_dropout, seeds=[3, 4], splits=splits, workers=1)
+    # batch norm falls back: one job per seed; stacked (dropout too): both seeds in one ensemble
+    assert asked == [("exact", [3]), ("exact", [4]), ("dropout", [3, 4]), ("exact", [3, 4])]
 
 
 @pytest.mark.parametrize("stl_vectorize", ["exact", "dropout"])
