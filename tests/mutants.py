@@ -561,6 +561,25 @@ def _grouping(results, tasks, config, directory):
 
 MUTANTS += PLAN_MUTANTS
 
+MUTANTS.append(
+    Mutant(
+        "stl ensemble: vmap's dropout draws",
+        "the exact STL ensemble lets vmap draw dropout masks instead of the separate runs' own",
+        "polytask/baselines.py",
+        """
+_mutant_ensemble_init = _Ensemble.__init__
+
+
+def _mutant_vmap_masks(self, members, train, *, own_masks):
+    _mutant_ensemble_init(self, members, train, own_masks=False)
+
+
+_Ensemble.__init__ = _mutant_vmap_masks
+""",
+        ("tests/test_stl_ensemble.py",),
+    )
+)
+
 # Runs in the child: import polytask from the copy (or fail), then pytest.
 CHILD = """
 import sys
