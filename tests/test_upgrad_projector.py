@@ -88,7 +88,7 @@ def test_a_gramian_under_norm_eps_is_zero_plus_reg_as_in_torchjd() -> None:
     _agree(u, jac @ jac.T)
 
 
-@pytest.mark.parametrize(("n", "dim"), [(10, 3), (30, 200)])
+@pytest.mark.parametrize(("n", "dim"), [(10, 3), (30, 200), (60, 200)])
 def test_the_active_set_fallback_alone_agrees_with_quadprog(n: int, dim: int) -> None:
     """max_iter = 0: every row in conflict is solved by the Lawson–Hanson fallback."""
     jac = _gradients(n, dim, 11)

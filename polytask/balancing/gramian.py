@@ -380,7 +380,7 @@ class BatchedProjector(DualConeProjector):
     the answer where GU ≥ 0 (no conflict; checked first, one product). Otherwise a primal–dual
     active set (semi-smooth Newton) iteration over the rows still open: on the free set F,
     G_FF d_F = −(Gu)_F, d = 0 off F; F ← {j ∈ F: d_j > 0} ∪ {j ∉ F: λ_j < 0}. The reduced
-    systems are gathered into batches padded to a power of two ≥ |F| (padding = identity) and
+    systems are gathered into batches padded to ≤ 1.25·|F| (padding = identity) and
     solved by batched Cholesky, O(Σ_rows |F|³) per step. A row stops when d_F ≥ −tol·‖u‖_∞ and
     λ ≥ −tol·‖G‖_max‖u‖_∞ off F (complementarity holds by construction); rows open after
     ``max_iter`` steps (the iteration may cycle on a G that is not an M-matrix) are finished by
@@ -416,17 +416,51 @@ class BatchedProjector(DualConeProjector):
 def project_dual_cone(gram: Tensor, u: Tensor, *, reg: float, max_iter: int, tol: float) -> Tensor:
     """V with row i = argmin vᵀ(G + reg·I)v s.t. v ≥ u_i, for G symmetric PSD (float64) and
     G + reg·I positive definite; the iteration of ``BatchedProjector``."""
-    g = gram + reg * torch.eye(len(gram), dtype=gram.dtype)
+    n = len(gram)
+    g = gram + reg * torch.eye(n, dtype=gram.dtype)
     gu = u @ g  # row i: (G u_i)ᵀ
     s_d = tol * u.abs().amax(1, keepdim=True)
     s_lam = s_d * float(g.abs().max())
     free = gu < -s_lam
     v = u.clone()
     rows = free.any(1).nonzero().squeeze(1)  # the rows in conflict
-    c, f = gu[rows], free[rows]
-    seen: Tensor | None = None  # each open row's free sets so far: a repeat is a cycle
+    if len(rows) == 0:
+        return v
+    c, f, s_d, s_lam = gu[rows], free[rows], s_d[rows], s_lam[rows]
+    if n <= _SMALL:  # few ops matter more than few rows: no compaction, no cycle record
+        rows, c, s_lam = _small_iteration(g, v, rows, c, f, s_d, s_lam, max_iter)
+        stuck: list[tuple[int, Tensor, float]] = []
+    else:
+        rows, c, s_lam, stuck = _iteration(gram, reg, g, v, rows, c, f, s_d, s_lam, max_iter)
+    for r, c_r, tol_r in stuck + list(zip(rows.tolist(), c, s_lam[:, 0].tolist(), strict=True)):
+        v[r] += _active_set(g, c_r, tol=tol_r, max_iter=3 * n + 10)
+    return v
+
+
+def _small_iteration(g, v, rows, c, f, s_d, s_lam, max_iter):
+    """The active-set steps on every open row until all are done (a done row is a fixed
+    point); adds d to ``v`` on the rows done, returns the others (rows, c, s_lam)."""
+    for _ in range(max_iter):
+        d = _reduced_solve(g, c, f)
+        lam = c + d @ g
+        done = ((d >= -s_d) | ~f).all(1) & ((lam >= -s_lam) | f).all(1)
+        if bool(done.all()):
+            v[rows] += d.clamp(min=0)
+            return rows[:0], c[:0], s_lam[:0]
+        f = torch.where(done[:, None], f, (f & (d > 0)) | (~f & (lam < 0)))
+    if max_iter > 0:
+        v[rows[done]] += d[done].clamp(min=0)
+        rows, c, s_lam = rows[~done], c[~done], s_lam[~done]
+    return rows, c, s_lam
+
+
+def _iteration(gram, reg, g, v, rows, c, f, s_d, s_lam, max_iter):
+    """The active-set steps, rows leaving as they are done or found in a cycle (a free set
+    seen before: ``stuck``, with c and the λ tolerance); adds d to ``v`` on the rows done,
+    returns the open rows (rows, c, s_lam) and ``stuck``."""
+    seen: Tensor | None = None  # each open row's free sets so far
     factor: Tensor | None = None
-    stuck: list[tuple[int, Tensor]] = []
+    stuck: list[tuple[int, Tensor, float]] = []
     for _ in range(max_iter):
         if len(rows) == 0:
             break
@@ -437,23 +471,24 @@ def project_dual_cone(gram: Tensor, u: Tensor, *, reg: float, max_iter: int, tol
         else:
             d = _reduced_solve(g, c, f)
         lam = c + d @ g
-        done = ((d >= -s_d[rows]) | ~f).all(1) & ((lam >= -s_lam[rows]) | f).all(1)
+        done = ((d >= -s_d) | ~f).all(1) & ((lam >= -s_lam) | f).all(1)
         v[rows[done]] += d[done].clamp(min=0)
         seen = f[None] if seen is None else torch.cat([seen, f[None]])
         f = (f & (d > 0)) | (~f & (lam < 0))
         cycle = ~done & (seen == f).all(2).any(0)
-        stuck += list(zip(rows[cycle].tolist(), c[cycle], strict=True))
+        stuck += list(zip(rows[cycle].tolist(), c[cycle], s_lam[cycle, 0].tolist(), strict=True))
         keep = ~done & ~cycle
         rows, c, f, seen = rows[keep], c[keep], f[keep], seen[:, keep]
-    for r, c_r in stuck + list(zip(rows.tolist(), c, strict=True)):
-        v[r] += _active_set(g, c_r, tol=float(s_lam[r]), max_iter=3 * len(g) + 10)
-    return v
+        s_d, s_lam = s_d[keep], s_lam[keep]
+    return rows, c, s_lam, stuck
 
 
 def _padded(free: Tensor) -> Tensor:
-    """Each row's free-set size rounded up to a power of two (0 for none): its padded size."""
+    """Each row's free-set size rounded up to a multiple of an eighth of the next power of two
+    (0 for none): its padded size, at most 1.25× the free set's beyond 8, few distinct sizes."""
     size = free.sum(1)
-    return torch.where(size > 0, 2 ** size.clamp(min=1).double().log2().ceil(), 0).long()
+    step = (2 ** size.clamp(min=1).double().log2().ceil() / 8).clamp(min=1)
+    return ((size / step).ceil() * step).long()
 
 
 def _cholesky_cost(free: Tensor) -> float:
@@ -487,7 +522,12 @@ def _woodbury_solve(factor: Tensor, reg: float, c: Tensor, free: Tensor) -> Tens
 
 def _reduced_solve(gram: Tensor, c: Tensor, free: Tensor) -> Tensor:
     """Rows d with G_FF d_F = −c_F on each row's free set F (``free``), 0 elsewhere: batched
-    Cholesky, rows grouped by |F| rounded up to a power of two, padded with identity."""
+    Cholesky, rows grouped by |F| padded (``_padded``) with identity."""
+    n = len(gram)
+    if n <= _SMALL:  # every row's system in full (identity off F): fewer, cheaper ops
+        mask = free[:, :, None] & free[:, None, :]
+        block = torch.where(mask, gram, torch.eye(n, dtype=gram.dtype))
+        return torch.where(free, _spd_solve(block, torch.where(free, -c, 0.0)), 0.0)
     d = torch.zeros_like(c)
     size, padded = free.sum(1), _padded(free)
     for p in padded.unique().tolist():
@@ -500,16 +540,23 @@ def _reduced_solve(gram: Tensor, c: Tensor, free: Tensor) -> Tensor:
         mask = valid[:, :, None] & valid[:, None, :]
         eye = torch.eye(k, dtype=gram.dtype)
         block = torch.where(mask, gram[idx[:, :, None], idx[:, None, :]], eye)
-        rhs = torch.where(valid, -c[rows].gather(1, idx), 0.0)
-        chol, info = torch.linalg.cholesky_ex(block)
-        if bool((info > 0).any()):  # not positive definite (reg_eps = 0): least squares
-            sol = torch.linalg.lstsq(block, rhs.unsqueeze(2)).solution.squeeze(2)
-        else:
-            sol = torch.cholesky_solve(rhs.unsqueeze(2), chol).squeeze(2)
+        sol = _spd_solve(block, torch.where(valid, -c[rows].gather(1, idx), 0.0))
         part = torch.zeros(len(rows), c.shape[1], dtype=c.dtype)
         part.scatter_add_(1, idx, torch.where(valid, sol, 0.0))
         d[rows] = part
     return d
+
+
+_SMALL = 48  # up to this many tasks, ``_reduced_solve`` solves full T×T systems
+
+
+def _spd_solve(block: Tensor, rhs: Tensor) -> Tensor:
+    """Batched block⁻¹ rhs by Cholesky; least squares if a block is not positive definite
+    (``reg_eps`` = 0 and G singular)."""
+    chol, info = torch.linalg.cholesky_ex(block)
+    if bool((info > 0).any()):
+        return torch.linalg.lstsq(block, rhs.unsqueeze(2)).solution.squeeze(2)
+    return torch.cholesky_solve(rhs.unsqueeze(2), chol).squeeze(2)
 
 
 def _active_set(gram: Tensor, c: Tensor, *, tol: float, max_iter: int) -> Tensor:
