@@ -16,6 +16,9 @@ import polytask.balancing.aggregation as aggregation
 from polytask.balancing import make_balancer
 from polytask.balancing.gramian import BatchedProjector
 
+pytest.importorskip("quadprog")  # the reference (polytask's aggregators extra)
+pytest.importorskip("qpsolvers")
+
 
 def _gradients(n: int, dim: int, seed: int, *, flipped: float = 1 / 3) -> torch.Tensor:
     """``n`` gradients sharing a common part, the first ``flipped`` fraction negated."""
