@@ -98,6 +98,23 @@ def test_the_active_set_fallback_alone_agrees_with_quadprog(n: int, dim: int) ->
     _agree(torch.eye(n, dtype=torch.float64) / n, jac @ jac.T, max_iter=0)
 
 
+def test_large_free_sets_start_from_the_guess_and_agree_with_quadprog(monkeypatch) -> None:
+    """Nearly orthogonal gradients, half the pairs in conflict: free sets of ~T/2 tasks, from
+    which the active set starts from the projected-gradient guess (at T = 300, with the
+    threshold lowered: it is taken from T ≈ 800 on; 12 rows of U, so quadprog stays quick),
+    the blocks solved in chunks of rows."""
+    import polytask.balancing.gramian as gramian
+
+    monkeypatch.setattr(gramian, "_GUESS_FROM", 1)
+    monkeypatch.setattr(gramian, "_CHUNK", 100_000)  # the blocks gathered a few rows at a time
+    guesses = []
+    guess = gramian._guess_free
+    monkeypatch.setattr(gramian, "_guess_free", lambda *a: guesses.append(1) or guess(*a))
+    jac = torch.randn(300, 3000, generator=torch.Generator().manual_seed(16), dtype=torch.float64)
+    _agree(torch.eye(300, dtype=torch.float64)[:12] / 300, jac @ jac.T)
+    assert guesses
+
+
 @pytest.mark.parametrize(("n", "dim", "seed"), [(40, 100, 12), (300, 8, 13), (120, 120, 14)])
 def test_the_weights_satisfy_the_kkt_conditions(n: int, dim: int, seed: int) -> None:
     """v ≥ u, λ = G'v ≥ 0 and λ_j (v_j − u_j) = 0 on the normalized, regularized G'."""

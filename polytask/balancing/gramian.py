@@ -379,12 +379,17 @@ class BatchedProjector(DualConeProjector):
     With v = u + d, d ≥ 0 minimizes ½dᵀGd + dᵀGu: KKT λ = G(u + d) ≥ 0, λ_j d_j = 0. V = U is
     the answer where GU ≥ 0 (no conflict; checked first, one product). Otherwise a primal–dual
     active set (semi-smooth Newton) iteration over the rows still open: on the free set F,
-    G_FF d_F = −(Gu)_F, d = 0 off F; F ← {j ∈ F: d_j > 0} ∪ {j ∉ F: λ_j < 0}. The reduced
-    systems are gathered into batches padded to ≤ 1.25·|F| (padding = identity) and
-    solved by batched Cholesky, O(Σ_rows |F|³) per step. A row stops when d_F ≥ −tol·‖u‖_∞ and
+    G_FF d_F = −(Gu)_F, d = 0 off F; F ← {j ∈ F: d_j > 0} ∪ {j ∉ F: λ_j < 0}, starting from
+    F = {λ_j < 0} at d = 0. The reduced systems are gathered into batches padded to ≤ 1.25·|F|
+    (padding = identity; a few rows at a time, for memory) and solved by batched Cholesky,
+    O(Σ_rows |F|³) per step; up to 48 tasks, as full T×T systems (fewer ops). Where G has
+    fewer dimensions than that cost warrants, by Woodbury through its low-rank factor
+    (``_woodbury_solve``); where the systems are large, the iteration starts from the support
+    of a few projected-gradient steps (``_guess_free``). A row stops when d_F ≥ −tol·‖u‖_∞ and
     λ ≥ −tol·‖G‖_max‖u‖_∞ off F (complementarity holds by construction); rows open after
-    ``max_iter`` steps (the iteration may cycle on a G that is not an M-matrix) are finished by
-    Lawson–Hanson's monotone active set (``_active_set``), one row at a time."""
+    ``max_iter`` steps or whose free set repeats (the iteration may cycle on a G that is not an
+    M-matrix) are finished by Lawson–Hanson's monotone active set (``_active_set``), one row
+    at a time."""
 
     def __init__(
         self,
@@ -461,11 +466,15 @@ def _iteration(gram, reg, g, v, rows, c, f, s_d, s_lam, max_iter):
     seen: Tensor | None = None  # each open row's free sets so far
     factor: Tensor | None = None
     stuck: list[tuple[int, Tensor, float]] = []
+    cost, n = _cholesky_cost(f), len(g)
+    if reg > 0 and cost > 8 * n**3:
+        factor = _low_rank(gram)
+    low_rank = factor is not None and _woodbury_cost(factor, f) < cost
+    if not low_rank and cost > _GUESS_FROM * len(f) * n * n:
+        f = _guess_free(g, c, _GUESS_STEPS)
     for _ in range(max_iter):
         if len(rows) == 0:
             break
-        if factor is None and reg > 0 and _cholesky_cost(f) > 8 * len(g) ** 3:
-            factor = _low_rank(gram)
         if factor is not None and _woodbury_cost(factor, f) < _cholesky_cost(f):
             d = _woodbury_solve(factor, reg, c, f)
         else:
@@ -481,6 +490,33 @@ def _iteration(gram, reg, g, v, rows, c, f, s_d, s_lam, max_iter):
         rows, c, f, seen = rows[keep], c[keep], f[keep], seen[:, keep]
         s_d, s_lam = s_d[keep], s_lam[keep]
     return rows, c, s_lam, stuck
+
+
+_GUESS_STEPS = 30
+_GUESS_FROM = 30  # the guess (2·steps T² a row) where the solves cost more than this·T² a row
+
+
+def _guess_free(g: Tensor, c: Tensor, steps: int) -> Tensor:
+    """Free sets to start the active set from where its systems are large: the support after
+    ``steps`` accelerated projected-gradient steps (FISTA) on min ½dᵀGd + cᵀd, d ≥ 0, scaled
+    by diag(G)^(−1/2), all rows at once (one T×T product a step); the active set then often
+    needs a single solve to confirm it."""
+    scale = g.diagonal().rsqrt()
+    m = g * scale[:, None] * scale[None, :]
+    x = torch.ones(len(g), dtype=g.dtype)
+    for _ in range(30):  # power iteration: the step 1/L
+        x = m @ x
+        x = x / x.norm()
+    step = 1 / (1.05 * float(x @ m @ x))
+    b = c * scale
+    z = torch.zeros_like(c)
+    y, t = z, 1.0
+    for _ in range(steps):
+        new = (y - step * (y @ m + b)).clamp(min=0)
+        t_new = (1 + (1 + 4 * t * t) ** 0.5) / 2
+        y = new + ((t - 1) / t_new) * (new - z)
+        z, t = new, t_new
+    return z > 0
 
 
 def _padded(free: Tensor) -> Tensor:
@@ -528,25 +564,29 @@ def _reduced_solve(gram: Tensor, c: Tensor, free: Tensor) -> Tensor:
         mask = free[:, :, None] & free[:, None, :]
         block = torch.where(mask, gram, torch.eye(n, dtype=gram.dtype))
         return torch.where(free, _spd_solve(block, torch.where(free, -c, 0.0)), 0.0)
+    # G beside an identity: padding position q of a row reads index n + q, so the gathered
+    # blocks are padded with identity and the right-hand sides with 0 as they are read
+    aug = torch.block_diag(gram, torch.eye(n, dtype=gram.dtype))
+    rhs_aug = torch.cat([-c, torch.zeros_like(c)], 1)
     d = torch.zeros_like(c)
     size, padded = free.sum(1), _padded(free)
     for p in padded.unique().tolist():
         if p == 0:
             continue
-        rows = (padded == p).nonzero().squeeze(1)
-        k = min(p, len(gram))
-        idx = torch.argsort((~free[rows]).to(torch.int8), dim=1, stable=True)[:, :k]
-        valid = torch.arange(k) < size[rows, None]
-        mask = valid[:, :, None] & valid[:, None, :]
-        eye = torch.eye(k, dtype=gram.dtype)
-        block = torch.where(mask, gram[idx[:, :, None], idx[:, None, :]], eye)
-        sol = _spd_solve(block, torch.where(valid, -c[rows].gather(1, idx), 0.0))
-        part = torch.zeros(len(rows), c.shape[1], dtype=c.dtype)
-        part.scatter_add_(1, idx, torch.where(valid, sol, 0.0))
-        d[rows] = part
+        k = min(p, n)
+        at = (padded == p).nonzero().squeeze(1)
+        for rows in at.split(max(1, _CHUNK // (k * k))):  # bounded memory
+            idx = torch.argsort((~free[rows]).to(torch.int8), dim=1, stable=True)[:, :k]
+            spare = torch.arange(n, n + k)
+            idx = torch.where(torch.arange(k) < size[rows, None], idx, spare)
+            block = aug[idx[:, :, None], idx[:, None, :]]
+            sol = _spd_solve(block, rhs_aug[rows].gather(1, idx))
+            part = torch.zeros(len(rows), 2 * n, dtype=c.dtype)
+            d[rows] = part.scatter_(1, idx, sol)[:, :n]
     return d
 
 
+_CHUNK = 2**22  # entries of the gathered blocks at a time (32 MiB)
 _SMALL = 48  # up to this many tasks, ``_reduced_solve`` solves full T×T systems
 
 
