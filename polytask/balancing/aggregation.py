@@ -107,8 +107,10 @@ class _Aggregation(Balancer):
     def _warn_if_many(self) -> None:
         """Say so where the step will cost far more than equal weights and neither ``every``
         nor ``subset`` is set (the thresholds follow ``benchmarks/many_tasks.py``: at T = 100 a
-        parameter-level step, or UPGrad's T quadratic programs at either level, cost 30–100×
-        the T = 1 step; at T = 1,000 every aggregator 30× or more)."""
+        parameter-level step costs 30–100× the T = 1 step; at T = 1,000 every aggregator 30×
+        or more. UPGrad's T projections, batched in torch, still cost up to T·k³ for free sets
+        of k tasks: a step ~10× the T = 1 step at T = 100 and seconds at T = 1,000, at either
+        level)."""
         n, o = len(self.tasks), self.options
         if getattr(o, "every", 1) > 1 or getattr(o, "subset", None) is not None:
             return
