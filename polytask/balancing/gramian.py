@@ -444,18 +444,21 @@ def project_dual_cone(gram: Tensor, u: Tensor, *, reg: float, max_iter: int, tol
 
 def _small_iteration(g, v, rows, c, f, s_d, s_lam, max_iter):
     """The active-set steps on every open row until all are done (a done row is a fixed
-    point); adds d to ``v`` on the rows done, returns the others (rows, c, s_lam)."""
+    point), each row's system in full (identity off F: few ops, which is what costs at small
+    T); adds d to ``v`` on the rows done, returns the others (rows, c, s_lam)."""
+    eye, minus_c = torch.eye(len(g), dtype=g.dtype), -c
     for _ in range(max_iter):
-        d = _reduced_solve(g, c, f)
-        lam = c + d @ g
-        done = ((d >= -s_d) | ~f).all(1) & ((lam >= -s_lam) | f).all(1)
-        if bool(done.all()):
+        block = torch.where(f[:, :, None] & f[:, None, :], g, eye)
+        d = torch.where(f, _spd_solve(block, torch.where(f, minus_c, 0.0)), 0.0)
+        lam = torch.addmm(c, d, g)
+        open_ = torch.where(f, d < -s_d, lam < -s_lam).any(1)
+        if not bool(open_.any()):
             v[rows] += d.clamp(min=0)
             return rows[:0], c[:0], s_lam[:0]
-        f = torch.where(done[:, None], f, (f & (d > 0)) | (~f & (lam < 0)))
+        f = torch.where(open_[:, None], torch.where(f, d > 0, lam < 0), f)
     if max_iter > 0:
-        v[rows[done]] += d[done].clamp(min=0)
-        rows, c, s_lam = rows[~done], c[~done], s_lam[~done]
+        v[rows[~open_]] += d[~open_].clamp(min=0)
+        rows, c, s_lam = rows[open_], c[open_], s_lam[open_]
     return rows, c, s_lam
 
 
@@ -560,10 +563,6 @@ def _reduced_solve(gram: Tensor, c: Tensor, free: Tensor) -> Tensor:
     """Rows d with G_FF d_F = −c_F on each row's free set F (``free``), 0 elsewhere: batched
     Cholesky, rows grouped by |F| padded (``_padded``) with identity."""
     n = len(gram)
-    if n <= _SMALL:  # every row's system in full (identity off F): fewer, cheaper ops
-        mask = free[:, :, None] & free[:, None, :]
-        block = torch.where(mask, gram, torch.eye(n, dtype=gram.dtype))
-        return torch.where(free, _spd_solve(block, torch.where(free, -c, 0.0)), 0.0)
     # G beside an identity: padding position q of a row reads index n + q, so the gathered
     # blocks are padded with identity and the right-hand sides with 0 as they are read
     aug = torch.block_diag(gram, torch.eye(n, dtype=gram.dtype))
@@ -587,14 +586,15 @@ def _reduced_solve(gram: Tensor, c: Tensor, free: Tensor) -> Tensor:
 
 
 _CHUNK = 2**22  # entries of the gathered blocks at a time (32 MiB)
-_SMALL = 48  # up to this many tasks, ``_reduced_solve`` solves full T×T systems
+_SMALL = 48  # up to this many tasks, ``_small_iteration`` solves full T×T systems
 
 
 def _spd_solve(block: Tensor, rhs: Tensor) -> Tensor:
     """Batched block⁻¹ rhs by Cholesky; least squares if a block is not positive definite
     (``reg_eps`` = 0 and G singular)."""
-    chol, info = torch.linalg.cholesky_ex(block)
-    if bool((info > 0).any()):
+    try:
+        chol = torch.linalg.cholesky(block)
+    except torch.linalg.LinAlgError:
         return torch.linalg.lstsq(block, rhs.unsqueeze(2)).solution.squeeze(2)
     return torch.cholesky_solve(rhs.unsqueeze(2), chol).squeeze(2)
 
