@@ -197,3 +197,12 @@ def test_a_whole_upgrad_fit_matches_the_quadprog_projectors_fit(tmp_path, level:
         torch.testing.assert_close(mine, reference, rtol=0, atol=1e-6 * scale)
         conflicts += float((reference - u).abs().max()) > 1e-3 * scale
     assert conflicts > 0
+
+
+def test_without_regularization_it_agrees_with_quadprogs_on_a_full_rank_gramian() -> None:
+    jac = _gradients(30, 200, 18)
+    u = torch.eye(30, dtype=torch.float64) / 30
+    ours = BatchedProjector(reg_eps=0.0)(u, jac @ jac.T)
+    reference = QuadprogProjector(reg_eps=0.0)(u, jac @ jac.T)
+    torch.testing.assert_close(ours, reference, rtol=0, atol=1e-6 * float(reference.abs().max()))
+    assert float((reference - u).abs().max()) > 1e-3 * float(reference.abs().max())

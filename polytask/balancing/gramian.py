@@ -504,7 +504,7 @@ def _guess_free(g: Tensor, c: Tensor, steps: int) -> Tensor:
     ``steps`` accelerated projected-gradient steps (FISTA) on min ½dᵀGd + cᵀd, d ≥ 0, scaled
     by diag(G)^(−1/2), all rows at once (one T×T product a step); the active set then often
     needs a single solve to confirm it."""
-    scale = g.diagonal().rsqrt()
+    scale = g.diagonal().clamp(min=_TINY).rsqrt()
     m = g * scale[:, None] * scale[None, :]
     x = torch.ones(len(g), dtype=g.dtype)
     for _ in range(30):  # power iteration: the step 1/L
@@ -535,7 +535,10 @@ def _cholesky_cost(free: Tensor) -> float:
 
 
 def _woodbury_cost(factor: Tensor, free: Tensor) -> float:
+    """Its flops, or inf where its T × r² products would not fit in 8 chunks' memory."""
     n, r = free.shape[1], factor.shape[1]
+    if max(n, len(free)) * r * r > 8 * _CHUNK:
+        return float("inf")
     return len(free) * (n * r * (r + 2) + r**3 / 3)
 
 
