@@ -26,10 +26,16 @@ def default_workers(jobs: int, device: str = "cpu") -> int:
     return max(1, min(os.cpu_count() or 1, jobs))
 
 
-def _set_threads(threads: int) -> None:
+def _start_worker(threads: int) -> None:
+    """A worker's setup: its torch threads; and what it inherited from the parent moved out of
+    the garbage collector's sight (``gc.freeze``: long-lived modules and data, which every
+    full collection would otherwise traverse again)."""
+    import gc
+
     import torch
 
     torch.set_num_threads(threads)
+    gc.freeze()
 
 
 class Pool:
@@ -52,7 +58,7 @@ class Pool:
                 import torch._dynamo  # noqa: F401
             method = "fork" if fork else "spawn"
             self.executor = ProcessPoolExecutor(
-                workers, mp_context=get_context(method), initializer=_set_threads, initargs=(1,)
+                workers, mp_context=get_context(method), initializer=_start_worker, initargs=(1,)
             )
 
     def map(self, fn: Callable[[Job], Result], jobs: Sequence[Job]) -> list[Result]:
