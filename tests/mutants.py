@@ -563,6 +563,17 @@ MUTANTS += PLAN_MUTANTS
 
 MUTANTS.append(
     Mutant(
+        "upgrad projector: no projection",
+        "UPGrad's batched projector returns U unprojected (every task's weight 1/T)",
+        "polytask/balancing/gramian.py",
+        """
+BatchedProjector.__call__ = lambda self, U, G: U.clone()
+""",
+        ("tests/test_upgrad_projector.py", *BALANCERS_TESTS),
+    )
+)
+MUTANTS.append(
+    Mutant(
         "stl ensemble: vmap's dropout draws",
         "the exact STL ensemble lets vmap draw dropout masks instead of the separate runs' own",
         "polytask/baselines.py",
