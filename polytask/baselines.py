@@ -906,7 +906,7 @@ def _dropouts(model: torch.nn.Module, data: TaskData) -> list[tuple[str, float, 
         for hook in hooks:
             hook.remove()
     if len({name for name, _, _ in order}) < len(order) or any(p >= 1 for _, p, _ in order):
-        raise RunError("the STL ensemble expects each dropout layer at most once per forward")
+        raise RunError("the STL ensemble expects each dropout layer (p < 1) once per forward")
     return [(name, p, shape) for name, p, shape in order if p > 0]
 
 
