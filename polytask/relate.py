@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from .balancing import Balancer
-from .balancing.jacobian import task_jacobian
+from .balancing.jacobian import dense, task_jacobian
 from .config import Config
 from .data import Splits, TaskData
 from .errors import ConfigError, one_of
@@ -390,7 +390,7 @@ class _Recorder(Balancer):
         )
         position = {n: i for i, n in enumerate(self.names)}
         present = [position[n] for n, p in zip(names, jac.present, strict=True) if p]
-        rows = jac.matrix.detach()
+        rows = dense(jac.matrix).detach()
         if self.gradient and len(present):
             unit = rows / rows.norm(dim=1, keepdim=True).clamp_min(1e-12)
             cos = (unit @ unit.T).cpu().double().numpy()

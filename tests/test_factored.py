@@ -9,7 +9,7 @@ import torch
 
 import polytask as pt
 from polytask.balancing import jacobian, make_balancer
-from polytask.balancing.jacobian import FactoredRows
+from polytask.balancing.jacobian import BlockRows, FactoredRows
 from polytask.models import HardSharing
 from polytask.models.layers import MLP, TabularInput
 
@@ -31,6 +31,20 @@ def test_factored_rows_give_the_formed_jacobians_gramian_direction_and_rows(outs
     assert rows.nonzero().tolist() == [True, True, False, True, True, True]
     pick = torch.tensor([0, 4])
     torch.testing.assert_close(rows.select(pick).dense().double(), formed[pick].float().double())
+
+
+def test_block_rows_give_the_concatenated_jacobians_gramian_direction_and_rows() -> None:
+    g = torch.Generator().manual_seed(2)
+    blocks = [torch.randn(5, n, generator=g) for n in (12, 3, 7)]
+    rows = BlockRows(blocks)
+    formed = torch.cat(blocks, dim=1)
+    assert len(rows) == 5
+    torch.testing.assert_close(rows.dense(), formed)
+    torch.testing.assert_close(rows.gramian(), formed @ formed.T)
+    w = torch.randn(5, generator=g)
+    torch.testing.assert_close(rows.combine(w), w @ formed)
+    pick = torch.tensor([1, 3])
+    torch.testing.assert_close(rows.select(pick).dense(), formed[pick])
 
 
 def _step(
@@ -116,7 +130,12 @@ def test_rows_are_factored_only_at_the_representation_level_and_when_it_pays() -
     assert isinstance(at_z.matrix, FactoredRows)
     _, joint = model.split_parameters()
     at_params = jacobian.task_jacobian(losses, h, joint_params=joint, **common)
-    assert isinstance(at_params.matrix, torch.Tensor)
+    assert isinstance(at_params.matrix, BlockRows)
+    # the blocks are each task's gradient on each joint parameter
+    for t in range(6):
+        expected = torch.autograd.grad(losses[t], joint, retain_graph=True)
+        for block, grad in zip(at_params.matrix.blocks, expected, strict=True):
+            torch.testing.assert_close(block[t], grad.flatten())
     # many outputs per task and a narrow z: forming J is cheaper
     assert not jacobian._factoring_pays(torch.zeros(4, 50, 20), torch.zeros(50, 2, 20))
 

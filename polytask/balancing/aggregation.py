@@ -54,10 +54,10 @@ from .jacobian import (
     Rows,
     add_flat_grad,
     add_grads,
-    batched_grad,
     combine,
     dense,
     gramian,
+    parameter_rows,
     select,
     task_jacobian,
 )
@@ -254,7 +254,7 @@ class _Aggregation(Balancer):
                 picked = torch.randperm(len(jac_z), generator=self._draws)[: o.subset]
                 rows = picked.sort().values.to(features.device)
             sub = select(jac_z, rows)
-            matrix = _rows(features, joint, dense(sub)) if by_params else sub
+            matrix = parameter_rows(features, joint, dense(sub)) if by_params else sub
             if len(matrix) == 1:
                 w = torch.ones(1)
             else:
@@ -350,20 +350,6 @@ def _pull(
         add_grads(joint, grads)
         return None
     return grads
-
-
-def _rows(features: Tensor, joint: list[Tensor], jac_z: Tensor) -> Tensor:
-    """The parameter-level rows of the tasks whose z-level rows are ``jac_z`` (one batched
-    backward through the joint parameters, as in ``jacobian.task_jacobian``)."""
-    cotangents = jac_z.view(len(jac_z), *features.shape).to(features.dtype)
-    rows = batched_grad(features, joint, cotangents, retain_graph=True)
-    return torch.cat(
-        [
-            torch.zeros(len(jac_z), p.numel(), device=p.device) if r is None else r.flatten(1)
-            for p, r in zip(joint, rows, strict=True)
-        ],
-        dim=1,
-    ).float()
 
 
 def _aggregator(
