@@ -45,6 +45,21 @@ def test_block_rows_give_the_concatenated_jacobians_gramian_direction_and_rows()
     torch.testing.assert_close(rows.combine(w), w @ formed)
     pick = torch.tensor([1, 3])
     torch.testing.assert_close(rows.select(pick).dense(), formed[pick])
+    v = torch.randn(22, generator=g)
+    torch.testing.assert_close(rows.times(v), formed @ v)
+
+
+def test_graddrop_on_blocks_is_graddrop_on_the_concatenated_jacobian() -> None:
+    """The column sums per block and one draw for all: the same direction, draw for draw."""
+    from polytask.balancing.aggregation import _GradDrop
+
+    g = torch.Generator().manual_seed(3)
+    blocks = [torch.randn(4, n, generator=g) for n in (30, 5, 17)]
+    torch.manual_seed(7)
+    on_blocks = _GradDrop()(BlockRows(blocks))
+    torch.manual_seed(7)
+    on_matrix = _GradDrop()(torch.cat(blocks, dim=1))
+    torch.testing.assert_close(on_blocks, on_matrix, rtol=0, atol=0)
 
 
 def _step(

@@ -51,6 +51,7 @@ from .gramian import GradVac as _GradVac
 from .gramian import NashMTL as _NashMTL
 from .gramian import PCGrad as _PCGrad
 from .jacobian import (
+    BlockRows,
     Rows,
     add_flat_grad,
     add_grads,
@@ -172,12 +173,13 @@ class _Aggregation(Balancer):
         elif isinstance(agg, WeightedAggregator):
             w = agg.weighting(dense(matrix))
         else:  # not a linear combination (GradDrop): report least-squares implied weights
-            full = dense(matrix)
-            d = agg(full)
+            rows = matrix if isinstance(matrix, BlockRows) else dense(matrix)
+            d = agg(rows)
             # the normal equations JJᵀw = Jd (T×T) cost less than a QR of the n×T matrix Jᵀ
-            gram = (full @ full.T).double()
-            w = torch.linalg.lstsq(gram, (full @ d).double().unsqueeze(1)).solution.squeeze(1)
-            return w.to(full.dtype).detach(), d.detach()
+            jd = (rows @ d) if isinstance(rows, Tensor) else rows.times(d)
+            gram = gramian(rows).double()
+            w = torch.linalg.lstsq(gram, jd.double().unsqueeze(1)).solution.squeeze(1)
+            return w.to(d.dtype).detach(), d.detach()
         w = w.detach().to(matrix.dtype if isinstance(matrix, Tensor) else torch.float32)
         return w, combine(matrix, w)
 
@@ -446,14 +448,18 @@ class _GradDrop:
     """GradDrop (Chen et al. 2020) as torchjd computes it (the same draw from torch's global
     generator, so the same direction), in one pass over J instead of a loop over its rows: each
     coordinate keeps its tasks' positive parts where P = ½(1 + Σ g / Σ |g|) exceeds a uniform
-    draw, else their negative parts."""
+    draw, else their negative parts. J may come as parameter blocks (the sums are per column,
+    so per block; one draw for all)."""
 
-    def __call__(self, matrix: Tensor) -> Tensor:
-        if matrix.shape[0] == 0 or matrix.shape[1] == 0:
-            return torch.zeros(matrix.shape[1], dtype=matrix.dtype, device=matrix.device)
-        positive, negative = matrix.clamp(min=0).sum(dim=0), matrix.clamp(max=0).sum(dim=0)
+    def __call__(self, matrix: Tensor | BlockRows) -> Tensor:
+        blocks = matrix.blocks if isinstance(matrix, BlockRows) else [matrix]
+        first = blocks[0]
+        if first.shape[0] == 0 or sum(b.shape[1] for b in blocks) == 0:
+            return first.new_zeros(sum(b.shape[1] for b in blocks))
+        positive = torch.cat([b.clamp(min=0).sum(dim=0) for b in blocks])
+        negative = torch.cat([b.clamp(max=0).sum(dim=0) for b in blocks])
         purity = 0.5 * (1 + (positive + negative) / (positive - negative))
-        draw = torch.rand(purity.shape, dtype=matrix.dtype, device=matrix.device)
+        draw = torch.rand(purity.shape, dtype=first.dtype, device=first.device)
         return (purity > draw) * positive + (purity < draw) * negative
 
 

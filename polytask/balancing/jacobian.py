@@ -92,6 +92,11 @@ class BlockRows:
     def select(self, rows: Tensor) -> BlockRows:
         return BlockRows([block.index_select(0, rows) for block in self.blocks])
 
+    def times(self, v: Tensor) -> Tensor:
+        """``J v`` (T,) for a flat ``v`` (n,)."""
+        parts = v.to(self.blocks[0]).split([block.shape[1] for block in self.blocks])
+        return sum((block @ part for block, part in zip(self.blocks, parts, strict=True)))
+
     def dense(self) -> Tensor:
         return torch.cat(self.blocks, dim=1)
 
