@@ -7,8 +7,9 @@ in float64 on the Gramian, keeping torchjd's conventions (Gramian normalization,
 torchjd's where its solver succeeds (``tests/test_balancers.py`` checks this when cvxpy is
 installed). FairGrad replaces torchjd's scipy ``least_squares`` with the same damped Newton as
 Nash-MTL (its α = 1 case). PCGrad and GradVac replace torchjd's loops over task pairs with
-T − 1 steps vectorized over the tasks (weight space: row i of W holds g_i' = Σ_k W[i,k] g_k),
-in a random order drawn from a seeded generator; their weights agree with torchjd's where the
+T − 1 steps vectorized over the tasks (weight space: row i of W holds g_i' = Σ_k W[i,k] g_k;
+in numpy, whose small-array operations cost a fraction of torch's), in a random order drawn
+from a seeded generator; their weights agree with torchjd's where the
 order cannot matter (two tasks). Stateful solvers give their state as tensors
 (``state_dict``), so that a resumed run continues exactly. ``BatchedProjector`` replaces the
 T quadprog programs of torchjd's UPGrad (one per task, in a Python loop) with one batched
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import numpy as np
 import torch
 from torch import Tensor
 from torchjd.linalg import DualConeProjector
@@ -286,18 +288,19 @@ class PCGrad(GramianSolver):
         self.generator = torch.Generator().manual_seed(seed)
 
     def weights(self, gram: Tensor) -> Tensor:
-        g = _symmetric(gram)
+        g = _symmetric(gram).numpy()  # numpy: T − 1 steps of small ops, each ~1 μs, not ~4
         n = len(g)
-        order, at = _orders(n, self.generator)
-        w = torch.eye(n, dtype=torch.float64)
-        sq = g.diagonal()
+        order, at = (a.numpy() for a in _orders(n, self.generator))
+        w = np.eye(n)
+        flat = w.reshape(-1)  # a view: at[s] holds distinct flat positions (i, order[s, i])
+        sq = np.diagonal(g)
         for s in range(n - 1):  # every i handles its own j = order[s, i] at once
             j = order[s]
-            dot = torch.linalg.vecdot(w, g.index_select(0, j))  # g_i'·g_j = (WG)[i, j]
-            sq_j = sq.index_select(0, j)
-            step = torch.where((dot < 0) & (sq_j > 0), -dot / sq_j.clamp(min=_TINY), 0.0)
-            w.view(-1).index_add_(0, at[s], step)
-        return w.sum(0).to(dtype=gram.dtype, device=gram.device)
+            dot = np.einsum("ik,ik->i", w, g[j])  # g_i'·g_j = (WG)[i, j]
+            sq_j = sq[j]
+            step = np.where((dot < 0) & (sq_j > 0), -dot / np.maximum(sq_j, _TINY), 0.0)
+            flat[at[s]] += step
+        return torch.from_numpy(w.sum(0)).to(dtype=gram.dtype, device=gram.device)
 
     def state_dict(self) -> dict[str, Tensor]:
         return {"generator": self.generator.get_state()}
@@ -322,26 +325,29 @@ class GradVac(GramianSolver):
         self.generator = torch.Generator().manual_seed(seed)
 
     def weights(self, gram: Tensor) -> Tensor:
-        g = _symmetric(gram)
+        g = _symmetric(gram).numpy()  # numpy, as PCGrad's
         n = len(g)
-        order, at = _orders(n, self.generator)
-        w = torch.eye(n, dtype=torch.float64)
-        targets = self.targets.view(-1)
-        norms = g.diagonal().clamp(min=0).sqrt()
-        sq = g.diagonal().clone()  # ‖g_i'‖², updated with each correction
+        order, at = (a.numpy() for a in _orders(n, self.generator))
+        w = np.eye(n)
+        flat = w.reshape(-1)
+        targets = self.targets.numpy().reshape(-1).copy()  # φ̂, flat: at[s] indexes it
+        norms = np.sqrt(np.maximum(np.diagonal(g), 0))
+        sq = np.diagonal(g).copy()  # ‖g_i'‖², updated with each correction
         for s in range(n - 1):  # every i handles its own j = order[s, i] at once
-            j = order[s]
-            dot = torch.linalg.vecdot(w, g.index_select(0, j))
-            norm_i, norm_j = sq.clamp(min=0).sqrt(), norms.index_select(0, j)
+            j, cell = order[s], at[s]
+            dot = np.einsum("ik,ik->i", w, g[j])
+            norm_i, norm_j = np.sqrt(np.maximum(sq, 0)), norms[j]
             cos = dot / (norm_i * norm_j + self.eps)
-            target = targets.index_select(0, at[s])
-            sin, sin_target = (1 - cos**2).clamp(min=0).sqrt(), (1 - target**2).clamp(min=0).sqrt()
+            target = targets[cell]
+            sin = np.sqrt(np.maximum(1 - cos**2, 0))
+            sin_target = np.sqrt(np.maximum(1 - target**2, 0))
             gain = norm_i * (target * sin - cos * sin_target) / (norm_j * sin_target + self.eps)
-            gain = torch.where((cos < target) & (norm_j > 0), gain, 0.0)
-            w.view(-1).index_add_(0, at[s], gain)
+            gain = np.where((cos < target) & (norm_j > 0), gain, 0.0)
+            flat[cell] += gain
             sq += gain * (2 * dot + gain * norm_j**2)
-            targets.index_copy_(0, at[s], (1 - self.beta) * target + self.beta * cos)
-        return w.sum(0).to(dtype=gram.dtype, device=gram.device)
+            targets[cell] = (1 - self.beta) * target + self.beta * cos
+        self.targets = torch.from_numpy(targets.reshape(n, n))
+        return torch.from_numpy(w.sum(0)).to(dtype=gram.dtype, device=gram.device)
 
     def state_dict(self) -> dict[str, Tensor]:
         return {"targets": self.targets.clone(), "generator": self.generator.get_state()}
