@@ -563,6 +563,17 @@ MUTANTS += PLAN_MUTANTS
 
 MUTANTS.append(
     Mutant(
+        "block rows: first block only",
+        "the parameter-level Gramian from the first joint parameter's block of J alone",
+        "polytask/balancing/jacobian.py",
+        """
+BlockRows.gramian = lambda self: self.blocks[0] @ self.blocks[0].T
+""",
+        ("tests/test_factored.py", *BALANCERS_TESTS),
+    )
+)
+MUTANTS.append(
+    Mutant(
         "upgrad projector: no projection",
         "UPGrad's batched projector returns U unprojected (every task's weight 1/T)",
         "polytask/balancing/gramian.py",
