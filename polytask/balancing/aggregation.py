@@ -95,7 +95,7 @@ class _Aggregation(Balancer):
         super().__init__(tasks, options)
         self._warn_if_many()
         self._aggregators: dict[tuple[bool, ...], Any] = {}
-        self._template = self._new(len(self.tasks))  # the one ``_cap`` asks
+        self._template = self._make(len(self.tasks))  # the one ``_cap`` asks
         self._steps = 0
         # present tasks → (window, rows of the present tasks weighted, their weights)
         self._reused: dict[tuple[bool, ...], tuple[int, Tensor, Tensor]] = {}
@@ -141,14 +141,11 @@ class _Aggregation(Balancer):
             stacklevel=3,
         )
 
-    def _new(self, n_tasks: int) -> Any:
-        return self._make(n_tasks)
-
     def _aggregator(self, present: list[bool]) -> Any:
         # Stateful aggregators (GradVac, Nash-MTL) keep one state per set of present tasks.
         key = tuple(present)
         if key not in self._aggregators:
-            self._aggregators[key] = self._new(sum(present))
+            self._aggregators[key] = self._make(sum(present))
         return self._aggregators[key]
 
     def weights_and_direction(self, matrix: Rows, present: list[bool]) -> tuple[Tensor, Tensor]:
@@ -262,7 +259,7 @@ class _Aggregation(Balancer):
             else:
                 # a stateful aggregator keeps no state across random subsets (one per subset
                 # would grow without bound): a drawn subset gets a fresh one
-                agg = self._new(len(sub)) if drawn else self._aggregator(present)
+                agg = self._make(len(sub)) if drawn else self._aggregator(present)
                 if drawn and hasattr(agg, "generator"):  # PCGrad's, GradVac's orders: go on
                     # from the balancer's draws, not from ``seed`` again at every subset
                     seed = torch.randint(2**62, (1,), generator=self._draws)
