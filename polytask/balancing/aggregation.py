@@ -260,10 +260,8 @@ class _Aggregation(Balancer):
                 # a stateful aggregator keeps no state across random subsets (one per subset
                 # would grow without bound): a drawn subset gets a fresh one
                 agg = self._make(len(sub)) if drawn else self._aggregator(present)
-                if drawn and hasattr(agg, "generator"):  # PCGrad's, GradVac's orders: go on
-                    # from the balancer's draws, not from ``seed`` again at every subset
-                    seed = torch.randint(2**62, (1,), generator=self._draws)
-                    agg.generator.manual_seed(int(seed))
+                if drawn and isinstance(agg, GramianSolver):  # PCGrad's, GradVac's orders go
+                    agg.reseed(self._draws)  # on from the balancer's, not from ``seed`` again
                 w, _ = self._combine(agg, matrix)
             if o.every > 1:  # keep the current window's weights only
                 self._reused = {k: v for k, v in self._reused.items() if v[0] == window}

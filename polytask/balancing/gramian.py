@@ -44,6 +44,11 @@ class GramianSolver:
     def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
         return None
 
+    def reseed(self, draws: torch.Generator) -> None:
+        """Continue from ``draws`` (a fresh solver for a drawn subset of tasks); a solver that
+        draws nothing has nothing to reseed."""
+        return None
+
 
 class NashMTL(GramianSolver):
     """Nash-MTL (Navon et al. 2022): α > 0 with G α = 1/α.
@@ -278,20 +283,39 @@ def _simplex(x: Tensor) -> Tensor:
     return (x - css[rho] / (rho + 1)).clamp(min=0)
 
 
-class PCGrad(GramianSolver):
-    """PCGrad (Yu et al. 2020): each g_i, visiting the other tasks j in a random order (drawn
-    per i, as torchjd does), loses its component along g_j when g_i'·g_j < 0; the direction is
-    Σ_i g_i'. A zero g_j projects nothing. The orders come from a generator seeded with
-    ``seed``, kept across calls."""
+class _Ordered(GramianSolver):
+    """A solver that visits, for each task i, the other tasks in a random order (PCGrad,
+    GradVac), in weight space. The orders come from a generator seeded with ``seed``, kept
+    across calls and in the state."""
 
     def __init__(self, *, seed: int) -> None:
         self.generator = torch.Generator().manual_seed(seed)
 
+    def reseed(self, draws: torch.Generator) -> None:
+        self.generator.manual_seed(int(torch.randint(2**62, (1,), generator=draws)))
+
+    def _start(self, gram: Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """G symmetrized in float64 (numpy: T − 1 steps of small ops, each ~1 μs, not torch's
+        ~4), this call's orders and flat positions (``_orders``), and W = I."""
+        g = _symmetric(gram).numpy()
+        order, at = (a.numpy() for a in _orders(len(g), self.generator))
+        return g, order, at, np.eye(len(g))
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        self.generator.set_state(state["generator"])
+
+
+class PCGrad(_Ordered):
+    """PCGrad (Yu et al. 2020): each g_i, visiting the other tasks j in a random order (drawn
+    per i, as torchjd does), loses its component along g_j when g_i'·g_j < 0; the direction is
+    Σ_i g_i'. A zero g_j projects nothing."""
+
     def weights(self, gram: Tensor) -> Tensor:
-        g = _symmetric(gram).numpy()  # numpy: T − 1 steps of small ops, each ~1 μs, not ~4
+        g, order, at, w = self._start(gram)
         n = len(g)
-        order, at = (a.numpy() for a in _orders(n, self.generator))
-        w = np.eye(n)
         flat = w.reshape(-1)  # a view: at[s] holds distinct flat positions (i, order[s, i])
         sq = np.diagonal(g)
         for s in range(n - 1):  # every i handles its own j = order[s, i] at once
@@ -302,33 +326,25 @@ class PCGrad(GramianSolver):
             flat[at[s]] += step
         return torch.from_numpy(w.sum(0)).to(dtype=gram.dtype, device=gram.device)
 
-    def state_dict(self) -> dict[str, Tensor]:
-        return {"generator": self.generator.get_state()}
 
-    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
-        self.generator.set_state(state["generator"])
-
-
-class GradVac(GramianSolver):
+class GradVac(_Ordered):
     """GradVac (Wang et al. 2021) with torchjd's conventions: for each i, over the other tasks j
     in a random order (per i), φ = g_i'·g_j / (‖g_i'‖‖g_j‖ + eps); when φ < φ̂_ij, g_i' gains
     ‖g_i'‖ (φ̂√(1−φ²) − φ√(1−φ̂²)) / (‖g_j‖√(1−φ̂²) + eps) · g_j (which makes its cosine with g_j
     φ̂_ij); then φ̂_ij ← (1−β) φ̂_ij + β φ, with φ the cosine before the correction. The
-    direction is Σ_i g_i'. The targets φ̂ (from 0) and the generator (seeded with ``seed``) are
-    kept across calls. Unlike torchjd, a zero g_j gets no correction (the direction is the same;
+    direction is Σ_i g_i'. The targets φ̂ (from 0) are kept across calls, as the orders'
+    generator is. Unlike torchjd, a zero g_j gets no correction (the direction is the same;
     torchjd's weight on it would be ‖g_i'‖φ̂/eps)."""
 
     def __init__(self, n_tasks: int, *, beta: float, seed: int, eps: float = 1e-8) -> None:
+        super().__init__(seed=seed)
         self.beta = beta
         self.eps = eps
         self.targets = torch.zeros(n_tasks, n_tasks, dtype=torch.float64)
-        self.generator = torch.Generator().manual_seed(seed)
 
     def weights(self, gram: Tensor) -> Tensor:
-        g = _symmetric(gram).numpy()  # numpy, as PCGrad's
+        g, order, at, w = self._start(gram)
         n = len(g)
-        order, at = (a.numpy() for a in _orders(n, self.generator))
-        w = np.eye(n)
         flat = w.reshape(-1)
         targets = self.targets.numpy().reshape(-1).copy()  # φ̂, flat: at[s] indexes it
         norms = np.sqrt(np.maximum(np.diagonal(g), 0))
@@ -350,11 +366,11 @@ class GradVac(GramianSolver):
         return torch.from_numpy(w.sum(0)).to(dtype=gram.dtype, device=gram.device)
 
     def state_dict(self) -> dict[str, Tensor]:
-        return {"targets": self.targets.clone(), "generator": self.generator.get_state()}
+        return {"targets": self.targets.clone(), **super().state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
         self.targets = state["targets"].to(torch.float64).clone()
-        self.generator.set_state(state["generator"])
+        super().load_state_dict(state)
 
 
 _TINY = torch.finfo(torch.float64).tiny
