@@ -247,7 +247,7 @@ class _Member:
     data: dict[str, TaskData]
     model: MultiTaskModel
     #: torch's generator state as the separate run starts training (its dropout draws)
-    rng: Tensor | None = None
+    rng: Tensor
 
     def __post_init__(self) -> None:
         self.seed = self.config.train.seed
@@ -852,9 +852,8 @@ class _Ensemble:
         return run
 
 
-def _generator(state: Tensor | None) -> torch.Generator:
+def _generator(state: Tensor) -> torch.Generator:
     """A CPU generator in ``state``."""
-    assert state is not None, "a member built outside _members has no generator state"
     generator = torch.Generator()
     generator.set_state(state)
     return generator
