@@ -61,6 +61,7 @@ from .jacobian import (
     parameter_rows,
     select,
     task_jacobian,
+    times,
 )
 
 Level = Literal["parameters", "representation"]
@@ -173,9 +174,9 @@ class _Aggregation(Balancer):
             rows = matrix if isinstance(matrix, BlockRows) else dense(matrix)
             d = agg(rows)
             # the normal equations JJᵀw = Jd (T×T) cost less than a QR of the n×T matrix Jᵀ
-            jd = (rows @ d) if isinstance(rows, Tensor) else rows.times(d)
             gram = gramian(rows).double()
-            w = torch.linalg.lstsq(gram, jd.double().unsqueeze(1)).solution.squeeze(1)
+            jd = times(rows, d).double().unsqueeze(1)
+            w = torch.linalg.lstsq(gram, jd).solution.squeeze(1)
             return w.to(d.dtype).detach(), d.detach()
         w = w.detach().to(matrix.dtype if isinstance(matrix, Tensor) else torch.float32)
         return w, combine(matrix, w)

@@ -114,6 +114,11 @@ def combine(rows: Rows, w: Tensor) -> Tensor:
     return w.to(rows) @ rows if isinstance(rows, Tensor) else rows.combine(w)
 
 
+def times(rows: Tensor | BlockRows, v: Tensor) -> Tensor:
+    """``J v`` (T,) for a flat ``v``."""
+    return rows @ v if isinstance(rows, Tensor) else rows.times(v)
+
+
 def dense(rows: Rows) -> Tensor:
     """J as a ``(T, n)`` float32 matrix."""
     return rows if isinstance(rows, Tensor) else rows.dense()
